@@ -1,0 +1,1 @@
+"""Shared training core: distributed world, config, LR scaling, multi-resolution stages, Trainer."""

@@ -1,0 +1,246 @@
+"""YAML scenario + CLI overrides, checked against the app's defaults.
+
+The defaults dict is the schema: a key it lacks is unknown, a value of another type is wrong, and a
+`Choice` lists the accepted strings. `stages` is a list whose items may override the `data`,
+`model` and `train` sections for one stage of a multi-resolution run.
+"""
+import argparse
+import copy
+import os
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class Choice:
+    """A string key restricted to `options`; the first one is the default."""
+
+    def __init__(self, *options):
+        self.options = options
+
+
+STAGE_KEYS = ("name", "data", "model", "train")
+
+COMMON_DEFAULTS = {
+    "seed": 0,
+    "output_dir": "runs/out",
+    "resume": False,
+    "train": {
+        "epochs": 10,
+        "local_batch": 8,
+        "scaling": Choice("weak", "strong"),  # weak: fixed local batch; strong: fixed global batch
+        "global_batch": None,                 # strong scaling: split over the ranks
+        "optimizer": Choice("sgd", "adam"),
+        "momentum": 0.9,
+        "lr": {
+            "base": 0.001,          # tuned for a global batch of base_batch
+            "base_batch": 8,
+            "rule": Choice("linear", "sqrt", "none"),
+            "warmup_epochs": 0.0,
+            "decay": Choice("none", "step", "cosine"),
+            "decay_epochs": [],     # step decay: from decay_epochs[i] on, LR = peak * decay_factors[i]
+            "decay_factors": [],
+            "min_lr": 0.0,          # cosine floor
+        },
+        "early_stop": {"metric": "val_loss", "patience": 0, "min_delta": 0.0,  # patience 0 = off
+                       "mode": Choice("min", "max")},
+        "target": {"metric": "val_loss", "value": None, "mode": Choice("min", "max")},
+    },
+    "log": {
+        "metrics_format": Choice("jsonl", "csv"),
+        "progress": True,
+        "checkpoint_keep": 2,
+    },
+    "stages": [],
+}
+
+# Plain flags for the settings edited most; each overrides the key in the base and in every stage.
+PLAIN_FLAGS = {
+    "epochs": ("train.epochs", int),
+    "local_batch": ("train.local_batch", int),
+    "lr": ("train.lr.base", float),
+    "data_dir": ("data.root", str),
+    "output_dir": ("output_dir", str),
+    "seed": ("seed", int),
+}
+
+
+def merge_defaults(*parts):
+    """Deep-merge schema dicts (app sections added to COMMON_DEFAULTS)."""
+    out = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge_defaults(out[key], value)
+            else:
+                out[key] = value
+    return out
+
+
+def _plain_value(schema):
+    if isinstance(schema, Choice):
+        return schema.options[0]
+    if isinstance(schema, dict):
+        return {k: _plain_value(v) for k, v in schema.items()}
+    return copy.deepcopy(schema)
+
+
+def _check_value(path, schema, value):
+    """Return `value` converted to the schema's type, or raise naming the key."""
+    if isinstance(schema, Choice):
+        if value not in schema.options:
+            raise ConfigError(f"config key '{path}' must be one of {list(schema.options)}, "
+                              f"got {value!r}")
+        return value
+    if schema is None or value is None:
+        return value
+    if isinstance(schema, bool) or isinstance(value, bool):
+        if isinstance(schema, bool) and isinstance(value, bool):
+            return value
+    elif isinstance(schema, float) and isinstance(value, (int, float)):
+        return float(value)
+    elif isinstance(value, type(schema)):
+        return value
+    raise ConfigError(f"config key '{path}' expects {type(schema).__name__}, "
+                      f"got {type(value).__name__} {value!r}")
+
+
+def _overlay(path, schema, base, update):
+    """Apply `update` (dict from YAML) onto `base`, validating against `schema`."""
+    if not isinstance(update, dict):
+        raise ConfigError(f"config key '{path or '<top>'}' expects a mapping, got {update!r}")
+    for key, value in update.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in schema:
+            known = ", ".join(sorted(schema))
+            raise ConfigError(f"unknown config key '{where}' (known here: {known})")
+        if where == "stages":
+            base[key] = [_stage(f"stages.{i}", schema, s) for i, s in enumerate(value or [])]
+        elif isinstance(schema[key], dict):
+            _overlay(where, schema[key], base[key], value)
+        else:
+            base[key] = _check_value(where, schema[key], value)
+
+
+def _stage(path, schema, stage):
+    if not isinstance(stage, dict):
+        raise ConfigError(f"config key '{path}' expects a mapping, got {stage!r}")
+    stage_schema = {"name": "", **{k: schema[k] for k in STAGE_KEYS[1:] if k in schema}}
+    out = {}
+    for key, value in stage.items():
+        if key not in stage_schema:
+            raise ConfigError(f"unknown config key '{path}.{key}' "
+                              f"(a stage takes {', '.join(stage_schema)})")
+        if key == "name":
+            out[key] = _check_value(f"{path}.name", "", value)
+        else:  # validate a partial section by overlaying it on that section's defaults
+            _overlay(f"{path}.{key}", stage_schema[key], _plain_value(stage_schema[key]), value)
+            out[key] = value
+    return out
+
+
+def _parse_assignment(text):
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_override(cfg, schema, dotted_key, value):
+    """Set one dotted key (list items by index: stages.1.train.epochs) with validation."""
+    parts = dotted_key.split(".")
+    if parts[0] == "stages" and len(parts) > 1:
+        try:
+            stage = cfg["stages"][int(parts[1])]
+        except (ValueError, IndexError):
+            raise ConfigError(f"config key '{dotted_key}': no stage {parts[1]!r} "
+                              f"(there are {len(cfg['stages'])})") from None
+        update = value
+        for part in reversed(parts[2:]):
+            update = {part: update}
+        merged = deep_merge(stage, update)
+        cfg["stages"][int(parts[1])] = _stage(f"stages.{parts[1]}", schema, merged)
+        return
+    update = value
+    for part in reversed(parts):
+        update = {part: update}
+    _overlay("", schema, cfg, update)
+
+
+def deep_merge(base, update):
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def build_parser(description):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="scenario YAML file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set train.lr.rule=sqrt "
+                             "or --set stages.1.train.epochs=5 (repeatable)")
+    parser.add_argument("--epochs", type=int, help="epochs of every stage")
+    parser.add_argument("--local-batch", type=int, help="per-rank batch of every stage")
+    parser.add_argument("--lr", type=float, help="base learning rate of every stage")
+    parser.add_argument("--data-dir", help="data root of the base config (stages keep theirs "
+                                           "unless they set none)")
+    parser.add_argument("--output-dir", help="folder for checkpoints, metrics and config")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint in the output folder")
+    return parser
+
+
+def load_config(schema, argv=None, description=None):
+    """Parse argv, read the YAML, apply overrides; return the resolved config dict."""
+    args = build_parser(description).parse_args(argv)
+    return resolve(schema, args.config, args.set, vars(args))
+
+
+def resolve(schema, path, assignments=(), flags=None):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            from_file = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"cannot parse {path}: {err}") from None
+    cfg = _plain_value(schema)
+    try:
+        _overlay("", schema, cfg, from_file)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    for text in assignments:
+        apply_override(cfg, schema, *_parse_assignment(text))
+    flags = flags or {}
+    for flag, (key, _) in PLAIN_FLAGS.items():
+        if flags.get(flag) is not None:
+            _set_everywhere(cfg, schema, key, flags[flag])
+    if flags.get("resume"):
+        cfg["resume"] = True
+    return cfg
+
+
+def _set_everywhere(cfg, schema, dotted_key, value):
+    apply_override(cfg, schema, dotted_key, value)
+    section, _, rest = dotted_key.partition(".")
+    if not rest or dotted_key == "data.root":
+        return  # top-level keys have no stage copies; stages' own data roots are deliberate
+    for i, stage in enumerate(cfg["stages"]):
+        node = stage.get(section, {})
+        for part in rest.split(".")[:-1]:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if rest.split(".")[-1] in node:
+            apply_override(cfg, schema, f"stages.{i}.{dotted_key}", value)
+
+
+def save_config(cfg, path):
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)

@@ -1,0 +1,75 @@
+"""Rank-sharded tf.data pipelines over a list of sample keys.
+
+Every app describes its samples as keys (file names or integer indices) plus a TF function that
+loads one key into (x, y). This module decides which rank reads which keys in which order, so that
+every rank runs the same number of steps (uneven shards are the classic Horovod hang) and
+validation still sees every sample exactly once.
+"""
+import math
+
+import numpy as np
+import tensorflow as tf
+
+
+class ShardedDataset:
+    """Samples `keys` split across `size` ranks; `epoch(e)` yields batches of (x, y, weight).
+
+    Training: the key order is reshuffled per epoch from (seed, epoch), identically on every rank,
+    then dealt round-robin; each rank takes `steps_per_epoch` full batches, so a few samples may be
+    left out of an epoch but never the same ones twice in a row. Evaluation: every sample is seen
+    once; shorter shards are padded with weight-0 copies so all ranks run the same batch count.
+    """
+
+    def __init__(self, keys, load_fn, local_batch, rank=0, size=1, training=True, seed=0,
+                 name="dataset"):
+        self.keys = np.asarray(keys)
+        self.load_fn = load_fn
+        self.local_batch = int(local_batch)
+        self.rank, self.size = rank, size
+        self.training = training
+        self.seed = seed
+        self.name = name
+        if len(self.keys) == 0:
+            raise ValueError(f"{name}: no samples")
+        if training and self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{name}: {len(self.keys)} samples cannot fill one batch of {self.local_batch} "
+                f"on each of {size} ranks; lower the batch size or add data")
+
+    @property
+    def num_samples(self):
+        return len(self.keys)
+
+    @property
+    def steps_per_epoch(self):
+        if self.training:
+            return (len(self.keys) // self.size) // self.local_batch
+        return math.ceil(self._padded_shard_len() / self.local_batch)
+
+    def _padded_shard_len(self):
+        return math.ceil(len(self.keys) / self.size)
+
+    def shard_keys(self, epoch):
+        """(keys, weights) this rank reads in `epoch`, in order."""
+        n = len(self.keys)
+        if self.training:
+            order = np.random.default_rng([self.seed, epoch]).permutation(n)
+            mine = order[self.rank::self.size][: self.steps_per_epoch * self.local_batch]
+            return self.keys[mine], np.ones(len(mine), np.float32)
+        mine = np.arange(n)[self.rank::self.size]
+        pad = self._padded_shard_len() - len(mine)
+        weights = np.concatenate([np.ones(len(mine)), np.zeros(pad)]).astype(np.float32)
+        mine = np.concatenate([mine, np.resize(mine if len(mine) else np.arange(n), pad)])
+        return self.keys[mine.astype(np.int64)], weights
+
+    def epoch(self, epoch):
+        keys, weights = self.shard_keys(epoch)
+
+        def load(key, weight):
+            x, y = self.load_fn(key)
+            return x, y, weight
+
+        ds = tf.data.Dataset.from_tensor_slices((keys, weights))
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(self.local_batch, drop_remainder=self.training)
+        return ds.prefetch(tf.data.AUTOTUNE)

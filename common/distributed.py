@@ -1,0 +1,111 @@
+"""The distributed world: Horovod when available, a world of one otherwise.
+
+Everything rank-specific lives here so that apps never check ranks themselves.
+"""
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+# Launchers export one of these; a size above 1 without Horovod means N independent trainings.
+_LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS",
+                       "HOROVOD_SIZE", "SLURM_NTASKS")
+
+
+def _launcher_size():
+    for var in _LAUNCHER_SIZE_VARS:
+        value = os.environ.get(var)
+        if value and value.isdigit() and var != "SLURM_NTASKS":
+            return int(value), var
+    # SLURM_NTASKS is also set inside a batch script run as one task; trust it only under srun.
+    if os.environ.get("SLURM_STEP_ID") and os.environ.get("SLURM_NTASKS", "").isdigit():
+        return int(os.environ["SLURM_NTASKS"]), "SLURM_NTASKS"
+    return 1, None
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+    hvd: object = None  # the horovod.tensorflow module, or None for a world of one
+
+    @property
+    def is_root(self):
+        return self.rank == 0
+
+    def allreduce_sum(self, values):
+        """Sum a float64 numpy vector over ranks (metric sums and counts)."""
+        values = np.asarray(values, dtype=np.float64)
+        if self.hvd is None:
+            return values
+        return self.hvd.allreduce(tf.constant(values), op=self.hvd.Sum, name=None).numpy()
+
+    def broadcast_variables(self, variables):
+        if self.hvd is not None and variables:
+            self.hvd.broadcast_variables(variables, root_rank=0)
+
+    def broadcast_object(self, obj):
+        """Rank 0's Python object on every rank."""
+        if self.hvd is None:
+            return obj
+        return self.hvd.broadcast_object(obj, root_rank=0)
+
+    def agree(self, ok):
+        """True on every rank only if `ok` is true on every rank: lets all ranks fail together."""
+        return bool(self.allreduce_sum([0.0 if ok else 1.0])[0] == 0)
+
+    def distributed_tape(self, tape):
+        return tape if self.hvd is None else self.hvd.DistributedGradientTape(tape)
+
+    def allreduce_mean_tensor(self, tensor):
+        """Graph-mode mean over ranks (used inside the tf.function train step)."""
+        return tensor if self.hvd is None else self.hvd.allreduce(tensor, op=self.hvd.Average)
+
+
+def _pin_gpu(local_rank):
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if gpus:
+        tf.config.set_visible_devices(gpus[local_rank % len(gpus)], "GPU")
+
+
+def init_world():
+    """Initialise Horovod (if installed), pin one GPU per local rank, return the World."""
+    try:
+        import horovod.tensorflow as hvd
+    except ImportError:
+        size, var = _launcher_size()
+        if size > 1:
+            raise RuntimeError(
+                f"launched as {size} ranks ({var}={size}) but horovod.tensorflow cannot be "
+                "imported: this would run independent trainings. Install Horovod "
+                "(scripts/setup.sh) or launch a single process.") from None
+        _pin_gpu(0)
+        return World()
+    hvd.init()
+    _pin_gpu(hvd.local_rank())
+    return World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), hvd)
+
+
+def abort_all(world, exc):
+    """Print the error once per failing rank and stop every rank with a non-zero code.
+
+    A rank that raises while the others wait in an allreduce would hang the job; MPI_Abort ends it.
+    """
+    prefix = f"[rank {world.rank}] " if world.size > 1 else ""
+    print(f"{prefix}ERROR: {exc}", file=sys.stderr, flush=True)
+    if os.environ.get("TRAIN_DEBUG"):
+        traceback.print_exc()
+    if world.size > 1:
+        try:
+            from mpi4py import MPI
+            MPI.COMM_WORLD.Abort(1)
+        except ImportError:
+            pass
+    sys.exit(1)

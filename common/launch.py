@@ -1,0 +1,35 @@
+"""Entry point shared by every app's train.py: config -> world -> Trainer, with clean failure.
+
+Any error stops every rank with a non-zero exit code (MPI_Abort when there are several), so a
+problem seen by one rank never leaves the others waiting in a collective.
+"""
+import os
+
+import tensorflow as tf
+
+from common.config import COMMON_DEFAULTS, load_config, merge_defaults, save_config
+from common.distributed import World, abort_all, init_world
+from common.logs import get_logger
+from common.trainer import Trainer
+
+
+def run(app_defaults, make_task, description, argv=None):
+    """Train the app described by `app_defaults` (its data/model sections) and `make_task`."""
+    world = World()
+    try:
+        schema = merge_defaults(COMMON_DEFAULTS, app_defaults)
+        cfg = load_config(schema, argv, description)
+        world = init_world()
+        log = get_logger(world)
+        tf.keras.utils.set_random_seed(cfg["seed"])  # identical initial weights on every rank
+        if world.is_root:
+            os.makedirs(cfg["output_dir"], exist_ok=True)
+            save_config(cfg, os.path.join(cfg["output_dir"], "config.yaml"))
+        log.info(f"{description}: {world.size} rank(s), output in {cfg['output_dir']}")
+        history = Trainer(cfg, make_task(cfg), world, log).fit()
+        log.info(f"done: {len(history)} epochs trained in this run")
+        return history
+    except SystemExit:
+        raise
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - reported, then every rank exits
+        abort_all(world, exc)

@@ -1,0 +1,112 @@
+"""Multi-resolution training: a plan of stages and the weight hand-over between them.
+
+A stage is the base config with that stage's overrides of `data`, `model` and `train`. A relative
+`data.root` in a stage is taken under the base `data.root`, so `--data-dir` moves every stage.
+"""
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common.config import deep_merge
+
+
+@dataclass
+class Stage:
+    index: int
+    name: str
+    data: dict
+    model: dict
+    train: dict
+
+    @property
+    def epochs(self):
+        return self.train["epochs"]
+
+
+def plan_stages(cfg):
+    """The list of Stage objects; a config without `stages` is one stage named 'main'."""
+    overrides = cfg["stages"] or [{"name": "main"}]
+    stages = []
+    for i, over in enumerate(overrides):
+        data = deep_merge(cfg["data"], over.get("data", {}))
+        if "root" in over.get("data", {}) and not os.path.isabs(data["root"]):
+            data["root"] = os.path.join(cfg["data"]["root"], data["root"])
+        stages.append(Stage(i, over.get("name") or f"stage{i}", data,
+                            deep_merge(cfg["model"], over.get("model", {})),
+                            deep_merge(cfg["train"], over.get("train", {}))))
+    return stages
+
+
+@dataclass
+class TransferReport:
+    carried: list = field(default_factory=list)
+    reinitialised: list = field(default_factory=list)  # (layer name, reason)
+
+    def lines(self):
+        out = [f"weight transfer: {len(self.carried)} layers carried over, "
+               f"{len(self.reinitialised)} re-initialised"]
+        out += [f"  carried       {name}" for name in self.carried]
+        out += [f"  re-initialised {name}: {why}" for name, why in self.reinitialised]
+        return out
+
+
+def transfer_weights(source, target):
+    """Copy weights layer by layer where the names and all weight shapes match."""
+    report = TransferReport()
+    by_name = {layer.name: layer for layer in source.layers}
+    for layer in target.layers:
+        new = layer.get_weights()
+        if not new:
+            continue
+        old_layer = by_name.get(layer.name)
+        if old_layer is None:
+            report.reinitialised.append((layer.name, "not in the previous stage's model"))
+            continue
+        old = old_layer.get_weights()
+        old_shapes = [w.shape for w in old]
+        new_shapes = [w.shape for w in new]
+        if old_shapes != new_shapes:
+            report.reinitialised.append(
+                (layer.name, f"shape {_shapes(old_shapes)} -> {_shapes(new_shapes)}"))
+            continue
+        layer.set_weights(old)
+        report.carried.append(layer.name)
+    return report
+
+
+def _shapes(shapes):
+    return ", ".join("x".join(map(str, s)) for s in shapes)
+
+
+class EarlyStopping:
+    """Ends a stage when `metric` has not improved by `min_delta` for `patience` epochs."""
+
+    def __init__(self, patience, min_delta, mode="min"):
+        self.patience, self.min_delta, self.mode = patience, min_delta, mode
+        self.best = None
+        self.bad_epochs = 0
+
+    def update(self, value):
+        """Record one epoch's value; True when the stage should stop."""
+        if self.patience <= 0:
+            return False
+        sign = 1.0 if self.mode == "min" else -1.0
+        if self.best is None or sign * (self.best - value) > self.min_delta:
+            self.best, self.bad_epochs = float(value), 0
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+    def state(self):
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load(self, state):
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+
+
+def reached(value, target, mode):
+    """Has a metric reached the target value (lower is better for mode 'min')?"""
+    if target is None or value is None or not np.isfinite(value):
+        return False
+    return value <= target if mode == "min" else value >= target

@@ -1,0 +1,212 @@
+"""The one training loop: every app, every stage of a multi-resolution plan, resume included."""
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from common import lr as lr_rules
+from common.checkpoint import CheckpointStore
+from common.logs import MetricsLog
+from common.multires import EarlyStopping, plan_stages, reached, transfer_weights
+from common.steps import make_eval_step, make_train_step
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass
+class Task:
+    """What an app hands the Trainer."""
+    build_model: Callable      # (stage) -> tf.keras.Model; layer names stable across stages
+    make_datasets: Callable    # (stage, local_batch, world, seed) -> (train, val) ShardedDataset
+    loss: Callable             # (y, pred) -> per-sample loss
+    metrics: dict              # name -> (y, pred) -> per-sample value, reported as val_<name>
+
+
+@dataclass
+class StageSetup:
+    local_batch: int
+    global_batch: int
+    peak_lr: float
+    train_data: object
+    val_data: object
+
+
+class Trainer:
+    def __init__(self, cfg, task, world, logger):
+        self.cfg, self.task, self.world, self.log = cfg, task, world, logger
+        self.out = cfg["output_dir"]
+        self.stages = plan_stages(cfg)
+        self.store = CheckpointStore(os.path.join(self.out, "checkpoints"),
+                                     cfg["log"]["checkpoint_keep"])
+        fmt = cfg["log"]["metrics_format"]
+        self.metrics_log = MetricsLog(os.path.join(self.out, f"metrics.{fmt}"), fmt)
+        self.history = []
+
+    def fit(self):
+        """Run every stage (or what is left of them after a resume); return the epoch records."""
+        resume = self._resume_state()
+        setups = [self._setup(stage) for stage in self.stages]  # validates all data up front
+        if resume and resume.get("run_done"):
+            self.log.info("checkpoint says the run already finished; nothing to do")
+            return self.history
+        model = None
+        for stage, setup in zip(self.stages, setups):
+            if resume and stage.index < resume["stage"]:
+                continue
+            state = resume if resume and stage.index == resume["stage"] else None
+            model, finished_run = self._run_stage(stage, setup, model, state)
+            if finished_run:
+                break
+        return self.history
+
+    def _resume_state(self):
+        latest = self.store.latest() if self.world.is_root else None
+        latest = self.world.broadcast_object(latest)
+        if not self.cfg["resume"]:
+            if latest:
+                raise RuntimeError(f"{self.store.directory} already holds a checkpoint "
+                                   f"({latest['name']}); pass --resume to continue it or choose "
+                                   "another --output-dir")
+            return None
+        if latest is None:
+            self.log.info(f"no checkpoint in {self.store.directory}; starting from scratch")
+            return None
+        self.log.info(f"resuming from {latest['path']}")
+        if self.world.is_root:
+            self.metrics_log.truncate_after(latest["stage"], latest["epoch"])
+        return latest
+
+    def _setup(self, stage):
+        train = stage.train
+        local, global_ = lr_rules.batch_sizes(train["scaling"], train["local_batch"],
+                                              train["global_batch"], self.world.size)
+        peak = lr_rules.scaled_lr(train["lr"]["base"], train["lr"]["base_batch"], global_,
+                                  train["lr"]["rule"])
+        train_data, val_data = self.task.make_datasets(stage, local, self.world,
+                                                       self.cfg["seed"] + 1000 * stage.index)
+        self.log.info(
+            f"stage {stage.index} '{stage.name}': {train['scaling']} scaling, local batch {local}, "
+            f"global batch {global_} over {self.world.size} ranks, LR {train['lr']['base']:g} -> "
+            f"{peak:g} ({train['lr']['rule']} rule), {train_data.num_samples} train / "
+            f"{val_data.num_samples} val samples, {train_data.steps_per_epoch} steps/epoch")
+        return StageSetup(local, global_, peak, train_data, val_data)
+
+    def _schedule(self, stage, setup):
+        lr = stage.train["lr"]
+        return lr_rules.WarmupDecay(
+            lr["base"], setup.peak_lr, setup.train_data.steps_per_epoch, stage.epochs,
+            lr["warmup_epochs"], lr["decay"], lr["decay_epochs"], lr["decay_factors"],
+            lr["min_lr"])
+
+    def _build(self, stage, setup, previous, state):
+        model = self.task.build_model(stage)
+        if previous is not None and state is None:
+            for line in transfer_weights(previous, model).lines():
+                self.log.info(line)
+        optimizer = lr_rules.make_optimizer(stage.train, self._schedule(stage, setup))
+        optimizer.build(model.trainable_variables)
+        if state is not None:
+            self.store.restore(model, optimizer, state)
+        # Same starting point everywhere: re-initialised layers, restored or fresh optimizer state.
+        self.world.broadcast_variables(model.variables + optimizer.variables)
+        return model, optimizer
+
+    def _run_stage(self, stage, setup, previous, state):
+        model, optimizer = self._build(stage, setup, previous, state)
+        es_cfg = stage.train["early_stop"]
+        early = EarlyStopping(es_cfg["patience"], es_cfg["min_delta"], es_cfg["mode"])
+        if state is not None:
+            early.load(state["early_stop"])
+            if state["stage_done"]:
+                return model, False
+        eval_step = make_eval_step(model, self.task.loss, list(self.task.metrics.values()))
+        target = stage.train["target"]
+        for epoch in range(state["epoch"] + 1 if state else 0, stage.epochs):
+            # Random ops (dropout) restart from a seed of (run, stage, epoch) in a fresh trace, so
+            # an epoch replays identically after a resume.
+            tf.random.set_seed(int(np.random.default_rng(
+                [self.cfg["seed"], stage.index, epoch]).integers(2**31)))
+            train_step = make_train_step(model, optimizer, self.task.loss, self.world)
+            record = self._train_epoch(stage, setup, epoch, train_step, optimizer)
+            self._average_non_trainable(model)
+            record.update(self._evaluate(setup.val_data, eval_step))
+            record["lr"] = float(optimizer.learning_rate)
+            target_hit = reached(record.get(target["metric"]), target["value"], target["mode"])
+            stop = early.update(record[es_cfg["metric"]]) or target_hit
+            ckpt_state = {"stage": stage.index, "epoch": epoch, "stage_done": stop or
+                          epoch == stage.epochs - 1, "run_done": target_hit,
+                          "early_stop": early.state()}
+            self._end_epoch(model, optimizer, ckpt_state, record)
+            if target_hit:
+                self.log.info(f"target {target['metric']} {target['mode']} {target['value']} "
+                              "reached; stopping the run")
+                return model, True
+            if stop:
+                self.log.info(f"stage '{stage.name}': no {es_cfg['metric']} improvement for "
+                              f"{es_cfg['patience']} epochs; ending the stage")
+                break
+        return model, False
+
+    def _train_epoch(self, stage, setup, epoch, train_step, optimizer):
+        steps = setup.train_data.steps_per_epoch
+        bar = tqdm(total=steps, desc=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
+                   disable=not (self.world.is_root and self.cfg["log"]["progress"]),
+                   mininterval=1.0, leave=False)
+        losses, t_first = [], None
+        t_start = time.perf_counter()
+        for x, y, w in setup.train_data.epoch(epoch):
+            loss = float(train_step(x, y, w))
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"non-finite loss ({loss}) in stage '{stage.name}' epoch {epoch + 1} step "
+                    f"{len(losses) + 1}; stopping every rank. The last good checkpoint in "
+                    f"{self.store.directory} is kept: lower the LR or check the data, then "
+                    "--resume")
+            losses.append(loss)
+            t_first = t_first or time.perf_counter()  # after step 1: excludes tracing
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        bar.close()
+        elapsed = time.perf_counter() - t_start
+        timed_steps, timed = (steps - 1, time.perf_counter() - t_first) if steps > 1 else (
+            steps, elapsed)
+        return {"stage": stage.index, "stage_name": stage.name, "epoch": epoch,
+                "train_loss": float(np.mean(losses)),
+                "samples_per_s": timed_steps * setup.global_batch / max(timed, 1e-9),
+                "step_ms": 1000.0 * timed / max(timed_steps, 1), "epoch_s": elapsed}
+
+    def _average_non_trainable(self, model):
+        """Batch-norm statistics are updated per rank: average them so all ranks agree."""
+        if self.world.hvd is None:
+            return
+        for var in model.non_trainable_variables:
+            if var.dtype.is_floating:  # not RNG states
+                var.assign(self.world.hvd.allreduce(var, op=self.world.hvd.Average,
+                                                    name=f"sync_{var.name}"))
+
+    def _evaluate(self, val_data, eval_step):
+        sums = np.zeros(len(self.task.metrics) + 2)
+        for x, y, w in val_data.epoch(0):
+            sums += eval_step(x, y, w).numpy()
+        sums = self.world.allreduce_sum(sums)
+        count = max(sums[-1], 1.0)
+        values = {"val_loss": sums[0] / count}
+        for i, name in enumerate(self.task.metrics):
+            values[f"val_{name}"] = sums[i + 1] / count
+        return values
+
+    def _end_epoch(self, model, optimizer, ckpt_state, record):
+        self.history.append(record)
+        if self.world.is_root:
+            self.store.save(model, optimizer, ckpt_state)  # checkpoint first: resume trims logs
+            self.metrics_log.append(record)
+        shown = " ".join(f"{k} {v:.4g}" for k, v in record.items()
+                         if isinstance(v, float) and k != "epoch_s")
+        self.log.info(f"{record['stage_name']} epoch {record['epoch'] + 1}: {shown}")

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common.data import ShardedDataset
+
+
+def load(key):
+    return tf.fill([2], tf.cast(key, tf.float32)), tf.cast(key, tf.float32)
+
+
+def shards(n, size, batch, training, epoch=0, seed=3):
+    out = []
+    for rank in range(size):
+        ds = ShardedDataset(np.arange(n), load, batch, rank, size, training, seed)
+        batches = [(y.numpy(), w.numpy()) for _, y, w in ds.epoch(epoch)]
+        out.append((ds.steps_per_epoch, batches))
+    return out
+
+
+def test_training_shards_are_disjoint_even_and_reshuffled_per_epoch():
+    per_rank = shards(n=23, size=3, batch=2, training=True)
+    steps = {s for s, _ in per_rank}
+    assert steps == {3}  # 23 // 3 = 7 per rank -> 3 full batches each
+    seen = np.concatenate([np.concatenate([y for y, _ in b]) for _, b in per_rank])
+    assert len(seen) == 18 and len(set(seen)) == 18
+    assert all(len(b) == 3 for _, b in per_rank)
+    again = shards(n=23, size=3, batch=2, training=True)
+    other_epoch = shards(n=23, size=3, batch=2, training=True, epoch=1)
+    first = [np.concatenate([y for y, _ in b]) for _, b in per_rank]
+    assert all(np.array_equal(a, np.concatenate([y for y, _ in b]))
+               for a, (_, b) in zip(first, again))
+    assert not np.array_equal(first[0], np.concatenate([y for y, _ in other_epoch[0][1]]))
+
+
+def test_validation_sees_every_sample_once_with_padding_weighted_zero():
+    per_rank = shards(n=7, size=2, batch=3, training=False)
+    assert {s for s, _ in per_rank} == {2}
+    counts = np.zeros(7)
+    for _, batches in per_rank:
+        assert len(batches) == 2
+        for y, w in batches:
+            np.add.at(counts, y.astype(int), w)
+    assert np.array_equal(counts, np.ones(7))
+
+
+def test_too_few_samples_is_a_clear_error():
+    with pytest.raises(ValueError, match="3 samples cannot fill one batch of 2 on each of 2"):
+        ShardedDataset(np.arange(3), load, 2, 0, 2, training=True, name="train")
+    with pytest.raises(ValueError, match="val: no samples"):
+        ShardedDataset(np.arange(0), load, 2, name="val")
