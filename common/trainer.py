@@ -48,6 +48,7 @@ class Trainer:
         fmt = cfg["log"]["metrics_format"]
         self.metrics_log = MetricsLog(os.path.join(self.out, f"metrics.{fmt}"), fmt)
         self.history = []
+        self.model = None  # the last stage's model once fit() returns
 
     def fit(self):
         """Run every stage (or what is left of them after a resume); return the epoch records."""
@@ -64,6 +65,7 @@ class Trainer:
             model, finished_run = self._run_stage(stage, setup, model, state)
             if finished_run:
                 break
+        self.model = model
         return self.history
 
     def _resume_state(self):
@@ -124,8 +126,8 @@ class Trainer:
         early = EarlyStopping(es_cfg["patience"], es_cfg["min_delta"], es_cfg["mode"])
         if state is not None:
             early.load(state["early_stop"])
-            if state["stage_done"]:
-                return model, False
+            if state["stopped_early"] or state["epoch"] + 1 >= stage.epochs:
+                return model, False  # a resume with more epochs continues the stage
         eval_step = make_eval_step(model, self.task.loss, list(self.task.metrics.values()))
         target = stage.train["target"]
         for epoch in range(state["epoch"] + 1 if state else 0, stage.epochs):
@@ -140,9 +142,8 @@ class Trainer:
             record["lr"] = float(optimizer.learning_rate)
             target_hit = reached(record.get(target["metric"]), target["value"], target["mode"])
             stop = early.update(record[es_cfg["metric"]]) or target_hit
-            ckpt_state = {"stage": stage.index, "epoch": epoch, "stage_done": stop or
-                          epoch == stage.epochs - 1, "run_done": target_hit,
-                          "early_stop": early.state()}
+            ckpt_state = {"stage": stage.index, "epoch": epoch, "stopped_early": stop,
+                          "run_done": target_hit, "early_stop": early.state()}
             self._end_epoch(model, optimizer, ckpt_state, record)
             if target_hit:
                 self.log.info(f"target {target['metric']} {target['mode']} {target['value']} "

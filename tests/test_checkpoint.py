@@ -26,7 +26,7 @@ def test_save_restore_round_trip_with_optimizer_state(tmp_path):
     store = CheckpointStore(str(tmp_path), keep=2)
     model, opt = tiny_model()
     train_once(model, opt)
-    state = {"stage": 1, "epoch": 3, "stage_done": False, "early_stop": {"best": 0.5}}
+    state = {"stage": 1, "epoch": 3, "stopped_early": False, "early_stop": {"best": 0.5}}
     store.save(model, opt, state)
     latest = store.latest()
     assert {k: latest[k] for k in state} == state

@@ -1,0 +1,266 @@
+"""CosmoFlow input: the three real on-disk formats as rank-sharded tf.data pipelines.
+
+- tfrecord (MLPerf HPC): <root>/{train,validation}/*.tfrecord, one tf.train.Example per file
+  (optionally GZIP) with x = int16 bytes of (D,D,D,4) and y = 4 float32. Read with TF ops only.
+- hdf5 (multi-resolution seed): <root>/<prefix>-rec<idx>.h5 with 3Dmap (N,D,D,D,4) and unitPar
+  (N,4); a split YAML lists the file indices of train/validation/test.
+- raw (ExaLearn): <root>/{train,validation}/*.h5 with full (S,S,S,4) counts and unitPar (4,);
+  each universe is cut into (S/D)^3 non-overlapping sub-volumes.
+
+Every split is validated up front on every rank, cheaply (headers and sizes), so a wrong path or
+a broken file fails before training with a message naming the file and what was expected. Errors
+while reading at run time name the file too: they surface as tf.errors.OpError from the iterator.
+"""
+import glob
+import os
+import threading
+
+import h5py
+import numpy as np
+import tensorflow as tf
+import yaml
+
+from common.data import ShardedDataset
+
+SPLITS = ("train", "validation")
+CHANNELS = 4
+NUM_TARGETS = 4
+GZIP_MAGIC = b"\x1f\x8b"
+TFRECORD_HEADER_BYTES = 12  # uint64 payload length + its 4-byte masked CRC
+TFRECORD_MIN_BYTES = 16  # header + payload CRC: even an empty record is this long
+
+
+def sample_shape(data_cfg):
+    d = int(data_cfg["resolution"])
+    return (d, d, d, CHANNELS)
+
+
+def make_datasets(data_cfg, local_batch, rank=0, size=1, seed=0):
+    """(train, validation) ShardedDatasets yielding (x, y, weight) batches for this rank."""
+    readers = {"tfrecord": tfrecord_split, "hdf5": seed_hdf5_split, "raw": raw_split}
+    if data_cfg["format"] not in readers:
+        raise ValueError(f"data.format {data_cfg['format']!r}: expected one of {sorted(readers)}")
+    if not os.path.isdir(data_cfg["root"]):
+        raise FileNotFoundError(f"data.root {data_cfg['root']}: no such folder")
+    datasets = []
+    for split, limit in zip(SPLITS, (data_cfg["max_train"], data_cfg["max_val"])):
+        keys, load = readers[data_cfg["format"]](data_cfg, split, limit)
+        datasets.append(ShardedDataset(
+            keys, to_model_input(load, data_cfg), local_batch, rank, size,
+            training=split == "train", seed=seed, name=f"cosmoflow {split}"))
+    return tuple(datasets)
+
+
+def to_model_input(load, data_cfg):
+    """Wraps a raw loader: float32 x, optionally log(x + 1) as in the MLPerf reference."""
+    shape = sample_shape(data_cfg)
+
+    def load_fn(key):
+        x, y = load(key)
+        x = tf.cast(x, tf.float32)
+        if data_cfg["log_transform"]:
+            x = tf.math.log1p(x)
+        return tf.ensure_shape(x, shape), tf.ensure_shape(y, [NUM_TARGETS])
+    return load_fn
+
+
+def first(items, limit):
+    return items if limit is None else items[:int(limit)]
+
+
+def split_folder(root, split):
+    folder = os.path.join(root, split)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: missing; expected folders {SPLITS} under {root}")
+    return folder
+
+
+def list_files(folder, pattern):
+    # Sorted so that every rank builds the same key list, whatever the file system's order.
+    paths = sorted(glob.glob(os.path.join(folder, pattern)))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no {pattern} files")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# MLPerf TFRecord
+
+def tfrecord_split(cfg, split, limit):
+    paths = first(list_files(split_folder(cfg["root"], split), "*.tfrecord"), limit)
+    for path in paths:
+        if os.path.getsize(path) < TFRECORD_MIN_BYTES:
+            raise ValueError(f"{path}: {os.path.getsize(path)} bytes, shorter than any "
+                             f"TFRecord ({TFRECORD_MIN_BYTES}); truncated?")
+    gzip = is_gzip(paths[0]) if cfg["compression"] == "auto" else cfg["compression"] == "gzip"
+    resolution = int(cfg["resolution"])
+
+    def load(path):
+        return read_tfrecord(path, resolution, gzip)
+    try:  # the first file fully, so a wrong resolution or compression fails before training
+        load(tf.constant(paths[0]))
+    except tf.errors.OpError as e:  # checks raise ValueError themselves; this is for TF's own
+        raise ValueError(f"{paths[0]}: cannot decode: {e.message}") from e
+    return np.array(paths), load
+
+
+def is_gzip(path):
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+def check(condition, path, *parts):
+    """Asserts `condition` with a message that starts with the file name.
+
+    Returns the assert op for control dependencies in tf.data graphs; run eagerly (the up-front
+    check of the first file) it raises a plain ValueError instead of TF's wrapped message.
+    """
+    text = [p if isinstance(p, str) else tf.strings.as_string(p) for p in parts]
+    message = tf.strings.join([path, ": ", *text])
+    if not tf.executing_eagerly():
+        return tf.debugging.Assert(condition, [message])
+    if not condition:
+        raise ValueError(message.numpy().decode())
+    return None
+
+
+def read_tfrecord(path, resolution, gzip):
+    """First record of a TFRecord file -> (x int16 (D,D,D,4), y float32 (4,)), TF ops only."""
+    data = tf.io.read_file(path)
+    if gzip:
+        magic_ok = tf.equal(tf.strings.substr(data, 0, 2), GZIP_MAGIC)
+        with tf.control_dependencies([check(magic_ok, path, "not GZIP; check data.compression")]):
+            data = tf.io.decode_compressed(data, "GZIP")
+    # Framing: uint64 little-endian payload length, masked CRC, payload, masked CRC.
+    size = tf.strings.length(data, unit="BYTE")
+    with tf.control_dependencies([check(size >= TFRECORD_MIN_BYTES, path, "truncated TFRecord: ",
+                                        size, " bytes")]):
+        length = tf.io.decode_raw(tf.strings.substr(data, 0, 8), tf.int64, little_endian=True)[0]
+    complete = (length >= 0) & (tf.cast(size, tf.int64) >= length + TFRECORD_MIN_BYTES)
+    with tf.control_dependencies([check(
+            complete, path, "truncated TFRecord (or compression mismatch): record of ", length,
+            " payload bytes, file holds ", size)]):
+        payload = tf.strings.substr(data, TFRECORD_HEADER_BYTES, tf.cast(length, tf.int32))
+    features = tf.io.parse_single_example(payload, {
+        "x": tf.io.FixedLenFeature([], tf.string),
+        "y": tf.io.VarLenFeature(tf.float32)})
+    x = tf.io.decode_raw(features["x"], tf.int16, little_endian=True)
+    y = tf.sparse.to_dense(features["y"])
+    want = resolution ** 3 * CHANNELS
+    x_ok = check(tf.equal(tf.size(x), want), path, f"x: expected {resolution}^3*{CHANNELS} = "
+                 f"{want} int16 values (resolution {resolution}), got ", tf.size(x))
+    y_ok = check(tf.equal(tf.size(y), NUM_TARGETS), path,
+                 f"y: expected {NUM_TARGETS} float32 values, got ", tf.size(y))
+    with tf.control_dependencies([x_ok, y_ok]):
+        return tf.reshape(x, (resolution,) * 3 + (CHANNELS,)), tf.reshape(y, [NUM_TARGETS])
+
+
+# ---------------------------------------------------------------------------------------------
+# HDF5 formats, read through h5py in tf.numpy_function
+
+def open_h5(path):
+    # No locking: inputs are read-only, and HDF5's flock fails on Lustre mounts that lack it.
+    return h5py.File(path, "r", locking=False)
+
+
+def h5_shapes(path, names):
+    """{dataset: shape} from the file's header; errors name the file and the dataset."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with open_h5(path) as f:
+            missing = [name for name in names if name not in f]
+            if missing:
+                raise ValueError(f"{path}: missing dataset(s) {missing}; expected {list(names)}")
+            return {name: f[name].shape for name in names}
+    except OSError as e:
+        raise ValueError(f"{path}: cannot open as HDF5 (truncated or not HDF5?): {e}") from e
+
+
+def expect_shape(path, name, shape, expected, resolution):
+    if shape != expected:
+        raise ValueError(f"{path}: dataset {name} has shape {shape}, expected {expected} "
+                         f"for resolution {resolution}")
+
+
+class H5Reader:
+    """Sample key -> (x, y) numpy float32 via h5py, keeping one open handle per file.
+
+    table[key] = (file index, *where); read(h5file, where) returns (x, y). tf.data calls this
+    from several threads (not processes), so shared handles are safe; opening is locked.
+    """
+
+    def __init__(self, paths, table, read):
+        self.paths, self.table, self.read = paths, np.asarray(table, np.int64), read
+        self.handles, self.lock = {}, threading.Lock()
+
+    def handle(self, path):
+        with self.lock:
+            if path not in self.handles:
+                self.handles[path] = open_h5(path)
+            return self.handles[path]
+
+    def __call__(self, key):
+        file_index, *where = self.table[key]
+        path = self.paths[file_index]
+        try:
+            x, y = self.read(self.handle(path), where)
+        except Exception as e:  # re-raised with the file name, which TF alone would lose
+            raise IOError(f"{path}: cannot read sample at {where}: {e}") from e
+        return np.asarray(x, np.float32), np.asarray(y, np.float32)
+
+    def tf_load(self, key):
+        return tf.numpy_function(self, [key], (tf.float32, tf.float32), stateful=False)
+
+
+def seed_hdf5_split(cfg, split, limit):
+    root, resolution = cfg["root"], int(cfg["resolution"])
+    indices = split_file_indices(cfg, split)
+    paths = [os.path.join(root, f"{cfg['prefix']}-rec{index}.h5") for index in indices]
+    table = []
+    for file_index, path in enumerate(paths):
+        shapes = h5_shapes(path, ("3Dmap", "unitPar"))
+        rows = shapes["3Dmap"][0] if shapes["3Dmap"] else 0
+        expect_shape(path, "3Dmap", shapes["3Dmap"], (rows,) + sample_shape(cfg), resolution)
+        expect_shape(path, "unitPar", shapes["unitPar"], (rows, NUM_TARGETS), resolution)
+        table += [(file_index, row) for row in range(rows)]
+
+    def read(f, where):
+        return f["3Dmap"][where[0]], f["unitPar"][where[0]]
+    table = first(table, limit)
+    return np.arange(len(table), dtype=np.int64), H5Reader(paths, table, read).tf_load
+
+
+def split_file_indices(cfg, split):
+    path = cfg["split_file"]
+    path = path if os.path.isabs(path) else os.path.join(cfg["root"], path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: split file not found")
+    with open(path) as f:
+        splits = yaml.safe_load(f) or {}
+    if not splits.get(split):
+        raise ValueError(f"{path}: no file indices under key '{split}'")
+    return [int(index) for index in splits[split]]
+
+
+def raw_split(cfg, split, limit):
+    resolution = int(cfg["resolution"])
+    paths = list_files(split_folder(cfg["root"], split), "*.h5")
+    table = []
+    for file_index, path in enumerate(paths):
+        shapes = h5_shapes(path, ("full", "unitPar"))
+        edge = shapes["full"][0] if shapes["full"] else 0
+        if edge % resolution or edge == 0:
+            raise ValueError(f"{path}: dataset full has shape {shapes['full']}, expected a cube "
+                             f"(S,S,S,{CHANNELS}) with S a multiple of resolution {resolution}")
+        expect_shape(path, "full", shapes["full"], (edge,) * 3 + (CHANNELS,), resolution)
+        expect_shape(path, "unitPar", shapes["unitPar"], (NUM_TARGETS,), resolution)
+        corners = range(0, edge, resolution)
+        table += [(file_index, i, j, k) for i in corners for j in corners for k in corners]
+
+    def read(f, where):
+        i, j, k = where
+        cube = f["full"][i:i + resolution, j:j + resolution, k:k + resolution]
+        return cube, f["unitPar"][:]
+    table = first(table, limit)
+    return np.arange(len(table), dtype=np.int64), H5Reader(paths, table, read).tf_load
