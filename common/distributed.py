@@ -59,12 +59,17 @@ class World:
         """True on every rank only if `ok` is true on every rank: lets all ranks fail together."""
         return bool(self.allreduce_sum([0.0 if ok else 1.0])[0] == 0)
 
+    @property
+    def parallel(self):
+        return self.hvd is not None and self.size > 1
+
     def distributed_tape(self, tape):
-        return tape if self.hvd is None else self.hvd.DistributedGradientTape(tape)
+        """Averages gradients over ranks; a world of one keeps the plain tape (no extra ops)."""
+        return self.hvd.DistributedGradientTape(tape) if self.parallel else tape
 
     def allreduce_mean_tensor(self, tensor):
         """Graph-mode mean over ranks (used inside the tf.function train step)."""
-        return tensor if self.hvd is None else self.hvd.allreduce(tensor, op=self.hvd.Average)
+        return self.hvd.allreduce(tensor, op=self.hvd.Average) if self.parallel else tensor
 
 
 def _pin_gpu(local_rank):

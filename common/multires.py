@@ -46,7 +46,8 @@ class TransferReport:
     def lines(self):
         out = [f"weight transfer: {len(self.carried)} layers carried over, "
                f"{len(self.reinitialised)} re-initialised"]
-        out += [f"  carried       {name}" for name in self.carried]
+        if self.carried:
+            out.append(f"  carried over: {', '.join(self.carried)}")
         out += [f"  re-initialised {name}: {why}" for name, why in self.reinitialised]
         return out
 

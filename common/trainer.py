@@ -1,6 +1,7 @@
 """The one training loop: every app, every stage of a multi-resolution plan, resume included."""
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -49,6 +50,16 @@ class Trainer:
         self.metrics_log = MetricsLog(os.path.join(self.out, f"metrics.{fmt}"), fmt)
         self.history = []
         self.model = None  # the last stage's model once fit() returns
+        self._check_metric_names()
+
+    def _check_metric_names(self):
+        known = ["train_loss", "val_loss"] + [f"val_{name}" for name in self.task.metrics]
+        for stage in self.stages:
+            for section in ("early_stop", "target"):
+                metric = stage.train[section]["metric"]
+                if metric not in known:
+                    raise ValueError(f"config key 'train.{section}.metric': unknown metric "
+                                     f"{metric!r} (choose from {', '.join(known)})")
 
     def fit(self):
         """Run every stage (or what is left of them after a resume); return the epoch records."""
@@ -158,7 +169,8 @@ class Trainer:
     def _train_epoch(self, stage, setup, epoch, train_step, optimizer):
         steps = setup.train_data.steps_per_epoch
         bar = tqdm(total=steps, desc=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
-                   disable=not (self.world.is_root and self.cfg["log"]["progress"]),
+                   disable=not (self.world.is_root and self.cfg["log"]["progress"] and
+                                sys.stderr.isatty()),
                    mininterval=1.0, leave=False)
         losses, t_first = [], None
         t_start = time.perf_counter()

@@ -59,7 +59,7 @@ def test_wrong_shape_file_found_while_training_stops_every_rank(tmp_path, data):
     assert_failed(result, victim.name)
 
 
-def test_horovod_missing_with_several_ranks_refuses_to_train(tmp_path, data):
+def test_without_horovod_one_rank_trains_and_several_refuse(tmp_path, data):
     fake = tmp_path / "fake" / "horovod"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('horovod hidden by the test')\n")
@@ -67,6 +67,9 @@ def test_horovod_missing_with_several_ranks_refuses_to_train(tmp_path, data):
     result = run_ranks(2, [TRAIN, "--config", config(tmp_path, data)], 120, env=env)
     assert_failed(result, "launched as 2 ranks", "horovod.tensorflow cannot be imported")
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
+    alone = run_ranks(1, [TRAIN, "--config", config(tmp_path, data)], 120, env=env)
+    assert alone.returncode == 0, alone.stdout[-3000:]  # a world of one needs no Horovod
+    assert len(read_metrics(tmp_path / "out")) == 1
 
 
 def test_non_finite_loss_stops_all_ranks_and_keeps_the_last_checkpoint(tmp_path, data):
@@ -88,3 +91,9 @@ def test_non_finite_loss_stops_all_ranks_and_keeps_the_last_checkpoint(tmp_path,
     resumed = run_ranks(1, [TRAIN, "--config", cfg, "--resume", "--epochs", "2"], 120)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert [r["epoch"] for r in read_metrics(tmp_path / "out")] == [0, 1]
+
+
+def test_unknown_metric_name_is_a_config_error(tmp_path, data):
+    cfg = config(tmp_path, data)
+    result = run_ranks(1, [TRAIN, "--config", cfg, "--set", "train.target.metric=val_iou"], 120)
+    assert_failed(result, "'train.target.metric': unknown metric 'val_iou'", "val_mae")
