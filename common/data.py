@@ -72,4 +72,8 @@ class ShardedDataset:
         ds = tf.data.Dataset.from_tensor_slices((keys, weights))
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(self.local_batch, drop_remainder=self.training)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        options = tf.data.Options()
+        # Each input op single-threaded: parallelism comes from the parallel map, and the
+        # training step keeps the intra-op thread pool to itself.
+        options.threading.max_intra_op_parallelism = 1
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(options)

@@ -3,6 +3,7 @@
 # and Horovod 0.28.1 built from source against TensorFlow with MPI and Gloo.
 # Source it or run it; afterwards `.venv/bin/python` has everything.
 set -euo pipefail
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"  # quiet TensorFlow imports during the build
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 HOROVOD_VERSION=0.28.1

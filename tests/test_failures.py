@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import REPO, read_metrics, run_ranks, write_config
-from make_cosmoflow_data import write_tfrecord
+from make_cosmoflow_data import write_hdf5, write_tfrecord
 
 TRAIN = REPO / "cosmoflow" / "train.py"
 MODEL = {"name": "mlperf", "head": "flatten", "width_scale": 0.0625, "dropout": 0.0}
@@ -18,10 +18,10 @@ def data(tmp_path_factory):
     return root
 
 
-def config(tmp_path, data_root, **train):
+def config(tmp_path, data_root, fmt="tfrecord", **train):
     return write_config(tmp_path / "c.yaml", {
         "output_dir": str(tmp_path / "out"), "model": MODEL,
-        "data": {"format": "tfrecord", "root": str(data_root), "resolution": 8},
+        "data": {"format": fmt, "root": str(data_root), "resolution": 8},
         "train": {"epochs": 1, "local_batch": 2, **train}, "log": {"progress": False}})
 
 
@@ -41,6 +41,14 @@ def test_empty_train_folder(tmp_path):
     (tmp_path / "d" / "validation").mkdir()
     result = run_ranks(2, [TRAIN, "--config", config(tmp_path, tmp_path / "d")], 120)
     assert_failed(result, str(tmp_path / "d" / "train"))
+
+
+def test_truncated_hdf5_file(tmp_path):
+    write_hdf5(str(tmp_path / "d"), size=8, train=8, val=4, seed=4, samples_per_file=4)
+    victim = tmp_path / "d" / "cosmo-rec1.h5"
+    victim.write_bytes(victim.read_bytes()[:3000])
+    result = run_ranks(2, [TRAIN, "--config", config(tmp_path, tmp_path / "d", "hdf5")], 120)
+    assert_failed(result, str(victim))
 
 
 def test_unknown_config_key(tmp_path, data):
