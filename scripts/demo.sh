@@ -14,14 +14,14 @@ bash "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
-if [ ! -f "$DATA/full/.complete" ]; then
+if [ ! -f "$DATA/full/.complete-256" ]; then
   echo "[demo] writing synthetic 32^3 cubes (MLPerf TFRecord format) to $DATA/full"
   rm -rf "$DATA"
   "$PY" scripts/make_cosmoflow_data.py --format tfrecord --out "$DATA/full" --size 32 \
-    --train 128 --val 32 --seed 0
+    --train 256 --val 64 --seed 0
   echo "[demo] coarsening them to 16^3 in $DATA/coarse"
   "$PY" scripts/coarsen_cosmoflow.py --format tfrecord --src "$DATA/full" --dst "$DATA/coarse"
-  touch "$DATA/full/.complete"
+  touch "$DATA/full/.complete-256"
 else
   echo "[demo] reusing the dataset in $DATA"
 fi

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+import yaml
 
 from conftest import REPO, command, launch_env, read_metrics, run_ranks, write_config
 from cosmoflow.model import build_model
@@ -150,3 +151,6 @@ def test_three_files_over_two_ranks_finish(tmp_path):
     result = run_ranks(2, [TRAIN, "--config", cfg], timeout=180)
     assert result.returncode == 0, result.stdout[-3000:]
     assert len(read_metrics(tmp_path / "out")) == 2
+    resolved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert resolved["train"]["local_batch"] == 1 and resolved["train"]["scaling"] == "weak"
+    assert resolved["data"]["compression"] == "auto"  # defaults filled in, as the run used them
