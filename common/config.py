@@ -6,6 +6,7 @@ The defaults dict is the schema: a key it lacks is unknown, a value of another t
 """
 import argparse
 import copy
+import functools
 import os
 
 import yaml
@@ -70,14 +71,7 @@ PLAIN_FLAGS = {
 
 def merge_defaults(*parts):
     """Deep-merge schema dicts (app sections added to COMMON_DEFAULTS)."""
-    out = {}
-    for part in parts:
-        for key, value in part.items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = merge_defaults(out[key], value)
-            else:
-                out[key] = value
-    return out
+    return functools.reduce(deep_merge, parts, {})
 
 
 def _plain_value(schema):
@@ -189,8 +183,7 @@ def build_parser(description):
     parser.add_argument("--epochs", type=int, help="epochs of every stage")
     parser.add_argument("--local-batch", type=int, help="per-rank batch of every stage")
     parser.add_argument("--lr", type=float, help="base learning rate of every stage")
-    parser.add_argument("--data-dir", help="data root of the base config (stages keep theirs "
-                                           "unless they set none)")
+    parser.add_argument("--data-dir", help="data root; relative stage data roots lie under it")
     parser.add_argument("--output-dir", help="folder for checkpoints, metrics and config")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--resume", action="store_true",

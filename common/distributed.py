@@ -55,10 +55,6 @@ class World:
             return obj
         return self.hvd.broadcast_object(obj, root_rank=0)
 
-    def agree(self, ok):
-        """True on every rank only if `ok` is true on every rank: lets all ranks fail together."""
-        return bool(self.allreduce_sum([0.0 if ok else 1.0])[0] == 0)
-
     @property
     def parallel(self):
         return self.hvd is not None and self.size > 1
