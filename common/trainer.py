@@ -147,7 +147,7 @@ class Trainer:
             tf.random.set_seed(int(np.random.default_rng(
                 [self.cfg["seed"], stage.index, epoch]).integers(2**31)))
             train_step = make_train_step(model, optimizer, self.task.loss, self.world)
-            record = self._train_epoch(stage, setup, epoch, train_step, optimizer)
+            record = self._train_epoch(stage, setup, epoch, train_step)
             self._average_non_trainable(model)
             record.update(self._evaluate(setup.val_data, eval_step))
             record["lr"] = float(optimizer.learning_rate)
@@ -166,7 +166,7 @@ class Trainer:
                 break
         return model, False
 
-    def _train_epoch(self, stage, setup, epoch, train_step, optimizer):
+    def _train_epoch(self, stage, setup, epoch, train_step):
         steps = setup.train_data.steps_per_epoch
         bar = tqdm(total=steps, desc=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
                    disable=not (self.world.is_root and self.cfg["log"]["progress"] and
