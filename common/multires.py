@@ -110,4 +110,4 @@ def reached(value, target, mode):
     """Has a metric reached the target value (lower is better for mode 'min')?"""
     if target is None or value is None or not np.isfinite(value):
         return False
-    return value <= target if mode == "min" else value >= target
+    return bool(value <= target if mode == "min" else value >= target)

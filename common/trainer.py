@@ -4,7 +4,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -28,6 +28,9 @@ class Task:
     make_datasets: Callable    # (stage, local_batch, world, seed) -> (train, val) ShardedDataset
     loss: Callable             # (y, pred) -> per-sample loss
     metrics: dict              # name -> (y, pred) -> per-sample value, reported as val_<name>
+    # (model, stage, epoch, output_dir), called on rank 0 after each validation: pictures people
+    # look at (predicted masks, restored images). Must not run collectives.
+    on_validation: Optional[Callable] = None
 
 
 @dataclass
@@ -150,6 +153,8 @@ class Trainer:
             record = self._train_epoch(stage, setup, epoch, train_step)
             self._average_non_trainable(model)
             record.update(self._evaluate(setup.val_data, eval_step))
+            if self.world.is_root and self.task.on_validation is not None:
+                self.task.on_validation(model, stage, epoch, self.out)
             record["lr"] = float(optimizer.learning_rate)
             target_hit = reached(record.get(target["metric"]), target["value"], target["mode"])
             stop = early.update(record[es_cfg["metric"]]) or target_hit

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from common.config import COMMON_DEFAULTS, merge_defaults, resolve  # noqa: E402
 from common.distributed import init_world  # noqa: E402
 from common.lr import make_optimizer  # noqa: E402
@@ -67,7 +67,7 @@ def endless(dataset):
 def synthetic_files(app, stage, count, folder):
     if app != "cosmoflow":
         raise SystemExit(f"no synthetic writer for app {app!r}: pass --data-dir")
-    writer = importlib.import_module("make_cosmoflow_data")
+    writer = importlib.import_module("cosmoflow.make_data")
     print(f"writing {count} synthetic {stage.data['resolution']}^3 samples to {folder}")
     writer.write_tfrecord(folder, size=stage.data["resolution"], train=count, val=2, seed=0)
     return folder

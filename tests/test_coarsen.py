@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import yaml
 
-import coarsen_cosmoflow as coarsen
-import make_cosmoflow_data as gen
+import cosmoflow.coarsen as coarsen
+import cosmoflow.make_data as gen
 from cosmoflow.data import make_datasets
 
 D = 16

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-import make_cosmoflow_data as gen
+import cosmoflow.make_data as gen
 from cosmoflow.data import make_datasets, sample_shape
 
 D = 16

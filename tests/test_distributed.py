@@ -12,8 +12,8 @@ import yaml
 
 from conftest import REPO, command, launch_env, read_metrics, run_ranks, write_config
 from cosmoflow.model import build_model
-from make_cosmoflow_data import write_tfrecord
-from coarsen_cosmoflow import coarsen_tfrecord_dataset
+from cosmoflow.make_data import write_tfrecord
+from cosmoflow.coarsen import coarsen_tfrecord_dataset
 
 TRAIN = REPO / "cosmoflow" / "train.py"
 DRIVER = REPO / "tests" / "mpi_driver.py"

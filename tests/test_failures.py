@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import REPO, read_metrics, run_ranks, write_config
-from make_cosmoflow_data import write_hdf5, write_tfrecord
+from cosmoflow.make_data import write_hdf5, write_tfrecord
 
 TRAIN = REPO / "cosmoflow" / "train.py"
 MODEL = {"name": "mlperf", "head": "flatten", "width_scale": 0.0625, "dropout": 0.0}

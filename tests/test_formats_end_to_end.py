@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, read_metrics, run_ranks, write_config
-from make_cosmoflow_data import write_hdf5, write_raw
+from cosmoflow.make_data import write_hdf5, write_raw
 
 WRITERS = {
     "hdf5": lambda root: write_hdf5(root, size=8, train=12, val=4, seed=6, samples_per_file=5),

@@ -3,8 +3,8 @@
 Summing keeps the cubes particle counts, so the coarse set is what a coarser simulation grid would
 have produced and the usual log(x + 1) input transform still applies.
 
-    python scripts/coarsen_cosmoflow.py --format tfrecord --src data/cosmo128 --dst data/cosmo64
-    python scripts/coarsen_cosmoflow.py --format hdf5 --src data/seed128 --dst data/seed64
+    python -m cosmoflow.coarsen --format tfrecord --src data/cosmo128 --dst data/cosmo64
+    python -m cosmoflow.coarsen --format hdf5 --src data/seed128 --dst data/seed64
 
 tfrecord: every <src>/<split>/*.tfrecord is rewritten at the same relative path with the same
 compression; features other than x are kept as they are.

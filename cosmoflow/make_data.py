@@ -9,11 +9,11 @@ the clumping (sigma_8), the growth between channels (Omega_m) and how power spre
 (n_s, and Omega_m*h through the transfer function). n_s spans 0.80-1.10, wider than real surveys
 allow, so that its imprint survives the shot noise of small cubes.
 
-    python scripts/make_cosmoflow_data.py --format tfrecord --out data/cosmo --size 32 \
+    python -m cosmoflow.make_data --format tfrecord --out data/cosmo --size 32 \
         --train 64 --val 16 [--gzip]
-    python scripts/make_cosmoflow_data.py --format hdf5 --out data/seed --size 32 --train 256 \
+    python -m cosmoflow.make_data --format hdf5 --out data/seed --size 32 --train 256 \
         --val 64 --test 64 --samples-per-file 128
-    python scripts/make_cosmoflow_data.py --format raw --out data/raw --size 64 --train 4 --val 1
+    python -m cosmoflow.make_data --format raw --out data/raw --size 64 --train 4 --val 1
 
 Layouts: tfrecord -> <out>/{train,validation}/univ_<i>.tfrecord (one Example each);
 hdf5 -> <out>/<prefix>-rec<idx>.h5 plus <out>/split.yaml (file indices per split);
@@ -21,6 +21,7 @@ raw -> <out>/{train,validation}/univ_<i>.h5 where --size is the universe edge.
 """
 import argparse
 import os
+import shutil
 
 import h5py
 import numpy as np
@@ -167,25 +168,54 @@ def write_raw(out, size, train, val, test=0, seed=0):
                 f["full"], f["unitPar"] = counts, unit_par
 
 
+DEMO_COMPLETE = ".complete-demo"
+
+
+def write_demo(out):
+    """The data configs/demo.yaml reads: 256 + 64 cubes of 32^3 in <out>/full, 16^3 copies in
+    <out>/coarse. Skipped when a previous call completed."""
+    from cosmoflow.coarsen import coarsen_tfrecord_dataset
+
+    if os.path.exists(os.path.join(out, DEMO_COMPLETE)):
+        print(f"demo data already in {out}")
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"writing synthetic 32^3 cubes (MLPerf TFRecord) to {out}/full")
+    write_tfrecord(os.path.join(out, "full"), size=32, train=256, val=64, seed=0)
+    print(f"coarsening them to 16^3 in {out}/coarse")
+    coarsen_tfrecord_dataset(os.path.join(out, "full"), os.path.join(out, "coarse"))
+    open(os.path.join(out, DEMO_COMPLETE), "w").close()
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--format", required=True, choices=("tfrecord", "hdf5", "raw"))
-    p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--size", type=int, required=True,
+    p.add_argument("--demo", metavar="OUT",
+                   help="write the dataset of configs/demo.yaml to OUT; other options ignored")
+    p.add_argument("--format", choices=("tfrecord", "hdf5", "raw"))
+    p.add_argument("--out", help="output folder (created)")
+    p.add_argument("--size", type=int,
                    help="cube edge D; for raw the universe edge, which the loader cuts into "
                         "(size/resolution)^3 sub-volumes")
-    p.add_argument("--train", type=int, required=True, help="training samples (raw: universes)")
-    p.add_argument("--val", type=int, required=True, help="validation samples (raw: universes)")
+    p.add_argument("--train", type=int, help="training samples (raw: universes)")
+    p.add_argument("--val", type=int, help="validation samples (raw: universes)")
     p.add_argument("--test", type=int, default=0, help="test samples (raw: universes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gzip", action="store_true", help="tfrecord: GZIP-compress each file")
     p.add_argument("--samples-per-file", type=int, default=128, help="hdf5: rows per file")
     p.add_argument("--prefix", default="cosmo", help="hdf5: files are <prefix>-rec<idx>.h5")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    missing = [f"--{k}" for k in ("format", "out", "size", "train", "val")
+               if getattr(args, k) is None]
+    if not args.demo and missing:
+        p.error(f"the following arguments are required: {', '.join(missing)}")
+    return args
 
 
 def main(argv=None):
     a = parse_args(argv)
+    if a.demo:
+        write_demo(a.demo)
+        return
     common = dict(out=a.out, size=a.size, train=a.train, val=a.val, test=a.test, seed=a.seed)
     if a.format == "tfrecord":
         write_tfrecord(gzip=a.gzip, **common)
