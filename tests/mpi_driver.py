@@ -1,17 +1,18 @@
-"""Runs CosmoFlow training exactly as cosmoflow/train.py does, and also saves each rank's weights
-when every stage starts (after the weight hand-over and broadcast) and when training ends.
+"""Runs an app's training exactly as <app>/train.py does, and also saves each rank's weights when
+every stage starts (after the weight hand-over and broadcast) and when training ends.
 
-    python tests/mpi_driver.py DUMP_DIR --config FILE [train.py options]
+    python tests/mpi_driver.py APP DUMP_DIR --config FILE [train.py options]
 """
+import importlib
 import sys
 
 import numpy as np
 
-import cosmoflow.train as app
 from common.launch import run
 from common.trainer import Trainer
 
-dump_dir, argv = sys.argv[1], sys.argv[2:]
+app = importlib.import_module(f"{sys.argv[1]}.train")
+dump_dir, argv = sys.argv[2], sys.argv[3:]
 build, fit = Trainer._build, Trainer.fit
 
 
@@ -29,4 +30,4 @@ def fit_and_dump(self):
 
 
 Trainer._build, Trainer.fit = build_and_dump, fit_and_dump
-run(app.DEFAULTS, app.make_task, "CosmoFlow", argv)
+run(app.DEFAULTS, app.make_task, sys.argv[1], argv)

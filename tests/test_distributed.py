@@ -71,7 +71,7 @@ def assert_same(a_files, b_files):
 def test_two_ranks_agree_switch_stages_and_beat_the_mean(data, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", two_stage(data, tmp_path / "out", LEARNER, None,
                                                              epochs=(3, 8)))
-    result = run_ranks(2, [DRIVER, tmp_path, "--config", cfg])
+    result = run_ranks(2, [DRIVER, "cosmoflow", tmp_path, "--config", cfg])
     assert result.returncode == 0, result.stdout[-3000:]
     for dump in ["start-stage0", "start-stage1", "end"]:
         assert_same(tmp_path / f"{dump}-rank0.npz", tmp_path / f"{dump}-rank1.npz")
