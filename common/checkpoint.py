@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
 LATEST = "latest.json"
@@ -31,13 +32,16 @@ class CheckpointStore:
         return state
 
     def save(self, model, optimizer, state):
-        """Write a checkpoint for `state` (a JSON-able dict with 'stage' and 'epoch')."""
+        """Write a checkpoint for `state` (a dict with 'stage' and 'epoch'; numpy scalars are
+        stored as the Python numbers they hold)."""
+        state = plain(state)
+        text = json.dumps(state, indent=1)  # before any file is written: a bad value costs nothing
         os.makedirs(self.directory, exist_ok=True)
         name = f"stage{state['stage']}-epoch{state['epoch']:04d}"
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=self.directory)
         tf.train.Checkpoint(model=model, optimizer=optimizer).write(os.path.join(tmp, "ckpt"))
         with open(os.path.join(tmp, "state.json"), "w") as f:
-            json.dump(state, f, indent=1)
+            f.write(text)
         final = os.path.join(self.directory, name)
         if os.path.exists(final):  # re-run of the same epoch after a resume
             shutil.rmtree(final)
@@ -58,6 +62,17 @@ class CheckpointStore:
         for name in os.listdir(self.directory):  # debris of an interrupted write
             if name.startswith(".tmp-"):
                 shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+
+def plain(value):
+    """A copy of `value` with numpy scalars and arrays turned into Python numbers and lists."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return value
 
 
 def _write_atomically(path, text):

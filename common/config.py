@@ -1,7 +1,7 @@
 """YAML scenario + CLI overrides, checked against the app's defaults.
 
-The defaults dict is the schema: a key it lacks is unknown, a value of another type is wrong, and a
-`Choice` lists the accepted strings. `stages` is a list whose items may override the `data`,
+The defaults dict is the schema: a key it lacks is unknown, a value of another type is wrong, a
+`Choice` lists the accepted strings and a `Range` bounds a number (or each number of a list). `stages` is a list whose items may override the `data`,
 `model` and `train` sections for one stage of a multi-resolution run.
 """
 import argparse
@@ -23,37 +23,73 @@ class Choice:
         self.options = options
 
 
+class Range:
+    """A number key (or list of numbers) with bounds; `default` may be None when `kind` is given.
+
+    `low`/`high` are inclusive unless `open_low`; `increasing` asks a list to rise strictly.
+    """
+
+    def __init__(self, default, low=None, high=None, kind=None, open_low=False, increasing=False):
+        self.default, self.low, self.high = default, low, high
+        self.kind = kind or type(default)
+        self.open_low, self.increasing = open_low, increasing
+
+    def describe(self):
+        low = "" if self.low is None else f"{'>' if self.open_low else '>='} {self.low:g}"
+        high = "" if self.high is None else f"<= {self.high:g}"
+        return " and ".join(part for part in (low, high) if part)
+
+    def check(self, path, value):
+        if value is None:
+            return None
+        numbers = value if isinstance(value, list) else [value]
+        for number in numbers:
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise ConfigError(f"config key '{path}' expects numbers, got {value!r}")
+            too_low = self.low is not None and (
+                number <= self.low if self.open_low else number < self.low)
+            if too_low or (self.high is not None and number > self.high):
+                what = "each value of " if isinstance(value, list) else ""
+                raise ConfigError(f"config key '{path}': {what}{number!r} is out of range; "
+                                  f"it must be {self.describe()}")
+        if self.increasing and any(b <= a for a, b in zip(numbers, numbers[1:])):
+            raise ConfigError(f"config key '{path}' must be strictly increasing, got {value!r}")
+        return value
+
+
 STAGE_KEYS = ("name", "data", "model", "train")
 
 COMMON_DEFAULTS = {
-    "seed": 0,
+    "seed": Range(0, low=0),
     "output_dir": "runs/out",
     "resume": False,
     "train": {
-        "epochs": 10,
-        "local_batch": 8,
+        "epochs": Range(10, low=1),
+        "local_batch": Range(8, low=1),
         "scaling": Choice("weak", "strong"),  # weak: fixed local batch; strong: fixed global batch
-        "global_batch": None,                 # strong scaling: split over the ranks
+        "global_batch": Range(None, low=1, kind=int),  # strong scaling: split over the ranks
         "optimizer": Choice("sgd", "adam"),
-        "momentum": 0.9,
+        "momentum": Range(0.9, low=0.0, high=1.0),
         "lr": {
-            "base": 0.001,          # tuned for a global batch of base_batch
-            "base_batch": 8,
+            "base": Range(0.001, low=0.0),  # tuned for a global batch of base_batch
+            "base_batch": Range(8, low=1),
             "rule": Choice("linear", "sqrt", "none"),
-            "warmup_epochs": 0.0,
+            "warmup_epochs": Range(0.0, low=0.0),
             "decay": Choice("none", "step", "cosine"),
-            "decay_epochs": [],     # step decay: from decay_epochs[i] on, LR = peak * decay_factors[i]
-            "decay_factors": [],
-            "min_lr": 0.0,          # cosine floor
+            # step decay: from decay_epochs[i] on, LR = peak * decay_factors[i]
+            "decay_epochs": Range([], low=0.0, increasing=True),
+            "decay_factors": Range([], low=0.0),
+            "min_lr": Range(0.0, low=0.0),  # cosine floor
         },
-        "early_stop": {"metric": "val_loss", "patience": 0, "min_delta": 0.0,  # patience 0 = off
-                       "mode": Choice("min", "max")},
-        "target": {"metric": "val_loss", "value": None, "mode": Choice("min", "max")},
+        "early_stop": {"metric": "val_loss", "patience": Range(0, low=0),  # patience 0 = off
+                       "min_delta": Range(0.0, low=0.0), "mode": Choice("min", "max")},
+        "target": {"metric": "val_loss", "value": Range(None, kind=float),
+                   "mode": Choice("min", "max")},
     },
     "log": {
         "metrics_format": Choice("jsonl", "csv"),
         "progress": True,
-        "checkpoint_keep": 2,
+        "checkpoint_keep": Range(2, low=1),
     },
     "stages": [],
 }
@@ -77,6 +113,8 @@ def merge_defaults(*parts):
 def _plain_value(schema):
     if isinstance(schema, Choice):
         return schema.options[0]
+    if isinstance(schema, Range):
+        return copy.deepcopy(schema.default)
     if isinstance(schema, dict):
         return {k: _plain_value(v) for k, v in schema.items()}
     return copy.deepcopy(schema)
@@ -89,6 +127,13 @@ def _check_value(path, schema, value):
             raise ConfigError(f"config key '{path}' must be one of {list(schema.options)}, "
                               f"got {value!r}")
         return value
+    if isinstance(schema, Range):
+        typed = _check_type(path, schema.kind(), value) if schema.kind is not type(None) else value
+        return schema.check(path, typed)
+    return _check_type(path, schema, value)
+
+
+def _check_type(path, schema, value):
     if schema is None or value is None:
         return value
     if isinstance(schema, bool) or isinstance(value, bool):

@@ -111,3 +111,9 @@ def reached(value, target, mode):
     if target is None or value is None or not np.isfinite(value):
         return False
     return bool(value <= target if mode == "min" else value >= target)
+
+
+def describe_target(target, value):
+    """'target val_mae <= 0.124 reached (0.1213)' for the log and the checkpoint."""
+    sign = "<=" if target["mode"] == "min" else ">="
+    return f"target {target['metric']} {sign} {target['value']:g} reached ({value:.4g})"

@@ -13,7 +13,8 @@ from tqdm import tqdm
 from common import lr as lr_rules
 from common.checkpoint import CheckpointStore
 from common.logs import MetricsLog
-from common.multires import EarlyStopping, plan_stages, reached, transfer_weights
+from common.multires import (EarlyStopping, describe_target, plan_stages, reached,
+                             transfer_weights)
 from common.steps import make_eval_step, make_train_step
 
 
@@ -69,7 +70,9 @@ class Trainer:
         resume = self._resume_state()
         setups = [self._setup(stage) for stage in self.stages]  # validates all data up front
         if resume and resume.get("run_done"):
-            self.log.info("checkpoint says the run already finished; nothing to do")
+            self.log.info(f"the run already finished at stage {resume['stage']} epoch "
+                          f"{resume['epoch'] + 1}: {resume.get('done_reason', 'target reached')}"
+                          "; nothing to do")
             return self.history
         model = None
         for stage, setup in zip(self.stages, setups):
@@ -126,13 +129,34 @@ class Trainer:
         if previous is not None and state is None:
             for line in transfer_weights(previous, model).lines():
                 self.log.info(line)
-        optimizer = lr_rules.make_optimizer(stage.train, self._schedule(stage, setup))
+        schedule = self._schedule(stage, setup)
+        optimizer = lr_rules.make_optimizer(stage.train, schedule)
         optimizer.build(model.trainable_variables)
         if state is not None:
             self.store.restore(model, optimizer, state)
+            self._continue_schedule(optimizer, schedule, setup, state)
         # Same starting point everywhere: re-initialised layers, restored or fresh optimizer state.
         self.world.broadcast_variables(model.variables + optimizer.variables)
         return model, optimizer
+
+    def _continue_schedule(self, optimizer, schedule, setup, state):
+        """Put the LR schedule at the restored epoch in this run's steps: steps per epoch change
+        when the rank count does (weak scaling, uneven shards), the epoch does not."""
+        epochs_done = state["epoch"] + 1
+        optimizer.iterations.assign(epochs_done * setup.train_data.steps_per_epoch)
+        before = state.get("world")
+        if before and before["size"] != self.world.size:
+            self.log.info(
+                f"resuming on {self.world.size} rank(s) a run checkpointed on {before['size']}: "
+                f"local batch {before['local_batch']} -> {setup.local_batch}, global batch "
+                f"{before['global_batch']} -> {setup.global_batch}, peak LR "
+                f"{before['peak_lr']:g} -> {setup.peak_lr:g}; the LR schedule continues at "
+                f"epoch {epochs_done} with LR {float(schedule(optimizer.iterations)):g}")
+
+    def _world_state(self, setup):
+        """What a resume on another rank count compares itself with."""
+        return {"size": self.world.size, "local_batch": setup.local_batch,
+                "global_batch": setup.global_batch, "peak_lr": setup.peak_lr}
 
     def _run_stage(self, stage, setup, previous, state):
         model, optimizer = self._build(stage, setup, previous, state)
@@ -159,11 +183,13 @@ class Trainer:
             target_hit = reached(record.get(target["metric"]), target["value"], target["mode"])
             stop = early.update(record[es_cfg["metric"]]) or target_hit
             ckpt_state = {"stage": stage.index, "epoch": epoch, "stopped_early": stop,
-                          "run_done": target_hit, "early_stop": early.state()}
+                          "run_done": target_hit, "early_stop": early.state(),
+                          "world": self._world_state(setup)}
+            if target_hit:
+                ckpt_state["done_reason"] = describe_target(target, record[target["metric"]])
             self._end_epoch(model, optimizer, ckpt_state, record)
             if target_hit:
-                self.log.info(f"target {target['metric']} {target['mode']} {target['value']} "
-                              "reached; stopping the run")
+                self.log.info(f"{ckpt_state['done_reason']}; stopping the run")
                 return model, True
             if stop:
                 self.log.info(f"stage '{stage.name}': no {es_cfg['metric']} improvement for "

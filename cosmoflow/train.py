@@ -6,7 +6,7 @@ This file only wires the pieces: config sections and the task (model, data, loss
 """
 import tensorflow as tf
 
-from common.config import Choice
+from common.config import Choice, Range
 from common.launch import run
 from common.trainer import Task
 from cosmoflow.data import make_datasets, sample_shape
@@ -17,21 +17,21 @@ DEFAULTS = {
     "data": {
         "format": Choice("tfrecord", "hdf5", "raw"),
         "root": "data/cosmoflow",
-        "resolution": 128,              # cube edge the model sees
+        "resolution": Range(128, low=1),  # cube edge the model sees
         "compression": Choice("auto", "none", "gzip"),   # tfrecord only
         "split_file": "split.yaml",     # hdf5 only: train/validation/test file indices
         "prefix": "cosmo",              # hdf5 only: <prefix>-rec<idx>.h5
         "log_transform": True,          # x -> log(x + 1), as the MLPerf reference
-        "max_train": None,              # use only the first N samples
-        "max_val": None,
+        "max_train": Range(None, low=1, kind=int),  # use only the first N samples
+        "max_val": Range(None, low=1, kind=int),
     },
     "model": {
         "name": Choice("mlperf", "seed7"),
         "head": Choice("flatten", "global_pool"),   # global_pool: every weight carries over
-        "width_scale": 1.0,             # scales filters and dense widths (thin smoke-test nets)
-        "kernel_size": None,            # null: the network's own
-        "dense": None,
-        "dropout": None,
+        "width_scale": Range(1.0, low=0.0, open_low=True),  # thin variants for smoke tests
+        "kernel_size": Range(None, low=1, kind=int),  # null: the network's own
+        "dense": Range(None, low=1, kind=list),
+        "dropout": Range(None, low=0.0, high=1.0, kind=float),  # a probability
     },
 }
 

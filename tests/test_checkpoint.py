@@ -48,7 +48,7 @@ def test_keeps_only_the_newest_and_survives_a_crash_mid_write(tmp_path, monkeypa
     def crash(*args, **kwargs):
         raise OSError("disk full")
     train_once(model, opt)
-    monkeypatch.setattr(json, "dump", crash)
+    monkeypatch.setattr(os, "replace", crash)  # dies after writing, before the rename
     with pytest.raises(OSError):
         store.save(model, opt, {"stage": 0, "epoch": 3})
     monkeypatch.undo()
@@ -66,3 +66,32 @@ def test_no_checkpoint_and_dangling_pointer(tmp_path):
                                                       "epoch": 7}))
     with pytest.raises(FileNotFoundError, match="stage0-epoch0007"):
         CheckpointStore(str(tmp_path)).latest()
+
+
+def test_numpy_values_in_every_field_are_stored_as_plain_python(tmp_path):
+    store = CheckpointStore(str(tmp_path))
+    model, opt = tiny_model()
+    state = {"stage": np.int64(1), "epoch": np.int32(4), "stopped_early": np.bool_(True),
+             "run_done": np.bool_(False), "world": {"size": np.int64(2), "lr": np.float32(0.5)},
+             "early_stop": {"best": np.float64(0.25), "bad_epochs": np.int64(3)},
+             "history": np.array([1.5, 2.0]), "pair": (np.float32(1.0), np.bool_(True))}
+    store.save(model, opt, state)
+    with open(tmp_path / "stage1-epoch0004" / "state.json") as f:
+        written = json.load(f)
+    latest = store.latest()
+    for stored in (written, latest):
+        assert stored["stage"] == 1 and type(stored["stage"]) is int
+        assert stored["stopped_early"] is True and stored["run_done"] is False
+        assert stored["world"] == {"size": 2, "lr": 0.5}
+        assert stored["early_stop"] == {"best": 0.25, "bad_epochs": 3}
+        assert stored["history"] == [1.5, 2.0] and stored["pair"] == [1.0, True]
+
+
+def test_a_state_that_cannot_be_stored_leaves_the_previous_checkpoint(tmp_path):
+    store = CheckpointStore(str(tmp_path))
+    model, opt = tiny_model()
+    store.save(model, opt, {"stage": 0, "epoch": 0})
+    with pytest.raises(TypeError):
+        store.save(model, opt, {"stage": 0, "epoch": 1, "bad": object()})
+    assert store.latest()["epoch"] == 0
+    assert sorted(os.listdir(tmp_path)) == ["latest.json", "stage0-epoch0000"]

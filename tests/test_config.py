@@ -83,3 +83,50 @@ def test_stages_override_sections_and_plain_flags_reach_every_stage(tmp_path):
 def test_no_stages_means_one_stage(tmp_path):
     (stage,) = plan_stages(resolve(SCHEMA, write(tmp_path, {"train": {"epochs": 2}})))
     assert stage.name == "main" and stage.epochs == 2
+
+
+@pytest.mark.parametrize("content, sets, flags, message", [
+    ({}, [], {"local_batch": 0}, "'train.local_batch': 0 is out of range; it must be >= 1"),
+    ({}, [], {"lr": -1.0}, "'train.lr.base': -1.0 is out of range; it must be >= 0"),
+    ({}, [], {"epochs": -3}, "'train.epochs': -3 is out of range; it must be >= 1"),
+    ({}, [], {"seed": -1}, "'seed': -1 is out of range"),
+    ({"train": {"global_batch": 0}}, [], {}, "'train.global_batch': 0 is out of range"),
+    ({"train": {"momentum": 1.5}}, [], {}, "'train.momentum': 1.5 is out of range; it must be "
+                                           ">= 0 and <= 1"),
+    ({"train": {"lr": {"warmup_epochs": -1}}}, [], {}, "'train.lr.warmup_epochs': -1"),
+    ({"train": {"lr": {"decay_epochs": [32, 16]}}}, [], {},
+     "'train.lr.decay_epochs' must be strictly increasing, got [32, 16]"),
+    ({"train": {"lr": {"decay_epochs": [4, "x"]}}}, [], {},
+     "'train.lr.decay_epochs' expects numbers"),
+    ({"train": {"lr": {"decay_factors": [0.5, -0.1]}}}, [], {},
+     "'train.lr.decay_factors': each value of -0.1 is out of range"),
+    ({"train": {"early_stop": {"patience": -2}}}, [], {}, "'train.early_stop.patience': -2"),
+    ({"log": {"checkpoint_keep": 0}}, [], {}, "'log.checkpoint_keep': 0 is out of range"),
+    ({}, ["stages.0.train.epochs=0"], {}, "'stages.0.train.epochs': 0 is out of range"),
+    ({"stages": [{"train": {"lr": {"base": -0.1}}}]}, [], {}, "'stages.0.train.lr.base': -0.1"),
+    ({"train": {"target": {"value": "high"}}}, [], {}, "'train.target.value' expects float"),
+])
+def test_values_out_of_range_name_key_value_and_range(tmp_path, content, sets, flags, message):
+    content = {"stages": [{"name": "only"}], **content}
+    with pytest.raises(ConfigError) as err:
+        resolve(SCHEMA, write(tmp_path, content), sets, flags)
+    assert message in str(err.value)
+
+
+def test_values_on_the_bounds_are_accepted(tmp_path):
+    cfg = resolve(SCHEMA, write(tmp_path, {
+        "train": {"momentum": 0, "lr": {"warmup_epochs": 0, "decay_epochs": [1, 2.5]},
+                  "target": {"value": -3}}}), [], {"lr": 0.0, "local_batch": 1, "epochs": 1})
+    assert cfg["train"]["lr"]["base"] == 0.0 and cfg["train"]["momentum"] == 0.0
+    assert cfg["train"]["target"]["value"] == -3.0 and cfg["train"]["global_batch"] is None
+
+
+def test_app_ranges_name_the_key(tmp_path):
+    from cosmoflow.train import DEFAULTS
+    schema = merge_defaults(COMMON_DEFAULTS, DEFAULTS)
+    for bad, message in [("model.dropout=1.5", "'model.dropout': 1.5 is out of range"),
+                         ("model.width_scale=0", "'model.width_scale': 0.0 is out of range; it "
+                                                 "must be > 0"),
+                         ("data.resolution=0", "'data.resolution': 0 is out of range")]:
+        with pytest.raises(ConfigError, match=message):
+            resolve(schema, write(tmp_path, {}), [bad])
