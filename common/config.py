@@ -90,6 +90,10 @@ COMMON_DEFAULTS = {
         "metrics_format": Choice("jsonl", "csv"),
         "progress": True,
         "checkpoint_keep": Range(2, low=1),
+        # Score earlier stages' models on the last stage's validation data too (final_val_*):
+        # what a coarse stage contributes, measured at full resolution. Costs one extra
+        # validation pass per earlier-stage epoch.
+        "final_val": False,
     },
     "stages": [],
 }

@@ -80,6 +80,34 @@ def _shapes(shapes):
     return ", ".join("x".join(map(str, s)) for s in shapes)
 
 
+class FinalStageProbe:
+    """Scores an earlier stage's model on the last stage's validation data: its weights are
+    copied by name into a model built once for the last stage. Adds final_val_* to a record; in
+    the last stage those equal val_*. Turns itself off, saying why, when a weight cannot carry
+    over (a flatten head), since such a score would measure a re-initialised layer."""
+
+    def __init__(self, build, log):
+        self.build, self.log = build, log  # build() -> (model, evaluate() -> {val_*: value})
+        self.model = self.evaluate = None
+        self.off = False
+
+    def score(self, model, record, last_stage):
+        if self.off:
+            return {}  # every record then lacks final_val_*, so CSV columns stay the same
+        if last_stage:
+            return {f"final_{k}": v for k, v in record.items() if k.startswith("val_")}
+        if self.model is None:
+            self.model, self.evaluate = self.build()
+        report = transfer_weights(model, self.model)
+        if report.reinitialised:
+            names = ", ".join(name for name, _ in report.reinitialised)
+            self.log.info(f"log.final_val: not scoring earlier stages on the last stage's data, "
+                          f"since {names} cannot carry over")
+            self.off = True
+            return {}
+        return {f"final_{k}": v for k, v in self.evaluate().items()}
+
+
 class EarlyStopping:
     """Ends a stage when `metric` has not improved by `min_delta` for `patience` epochs."""
 

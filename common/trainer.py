@@ -13,8 +13,8 @@ from tqdm import tqdm
 from common import lr as lr_rules
 from common.checkpoint import CheckpointStore
 from common.logs import MetricsLog
-from common.multires import (EarlyStopping, describe_target, plan_stages, reached,
-                             transfer_weights)
+from common.multires import (EarlyStopping, FinalStageProbe, describe_target, plan_stages,
+                             reached, transfer_weights)
 from common.steps import make_eval_step, make_train_step
 
 
@@ -67,8 +67,12 @@ class Trainer:
 
     def fit(self):
         """Run every stage (or what is left of them after a resume); return the epoch records."""
+        self._t0 = time.perf_counter()
         resume = self._resume_state()
+        if resume:  # wall-clock time counts across resumes
+            self._t0 -= resume.get("elapsed_s", 0.0)
         setups = [self._setup(stage) for stage in self.stages]  # validates all data up front
+        self.probe = self._final_stage_probe(setups[-1])
         if resume and resume.get("run_done"):
             self.log.info(f"the run already finished at stage {resume['stage']} epoch "
                           f"{resume['epoch'] + 1}: {resume.get('done_reason', 'target reached')}"
@@ -84,6 +88,19 @@ class Trainer:
                 break
         self.model = model
         return self.history
+
+    def _final_stage_probe(self, last_setup):
+        """With log.final_val, earlier stages are also scored on the last stage's validation
+        data, so every epoch of a multi-resolution run has a full-resolution metric."""
+        if not self.cfg["log"]["final_val"] or len(self.stages) < 2:
+            return None
+        last = self.stages[-1]
+
+        def build():
+            model = self.task.build_model(last)
+            step = make_eval_step(model, self.task.loss, list(self.task.metrics.values()))
+            return model, lambda: self._evaluate(last_setup.val_data, step)
+        return FinalStageProbe(build, self.log)
 
     def _resume_state(self):
         latest = self.store.latest() if self.world.is_root else None
@@ -177,6 +194,8 @@ class Trainer:
             record = self._train_epoch(stage, setup, epoch, train_step)
             self._average_non_trainable(model)
             record.update(self._evaluate(setup.val_data, eval_step))
+            if self.probe is not None:
+                record.update(self.probe.score(model, record, stage.index == len(self.stages) - 1))
             if self.world.is_root and self.task.on_validation is not None:
                 self.task.on_validation(model, stage, epoch, self.out)
             record["lr"] = float(optimizer.learning_rate)
@@ -184,7 +203,7 @@ class Trainer:
             stop = early.update(record[es_cfg["metric"]]) or target_hit
             ckpt_state = {"stage": stage.index, "epoch": epoch, "stopped_early": stop,
                           "run_done": target_hit, "early_stop": early.state(),
-                          "world": self._world_state(setup)}
+                          "world": self._world_state(setup), "elapsed_s": record["elapsed_s"]}
             if target_hit:
                 ckpt_state["done_reason"] = describe_target(target, record[target["metric"]])
             self._end_epoch(model, optimizer, ckpt_state, record)
@@ -224,7 +243,8 @@ class Trainer:
         return {"stage": stage.index, "stage_name": stage.name, "epoch": epoch,
                 "train_loss": float(np.mean(losses)),
                 "samples_per_s": timed_steps * setup.global_batch / max(timed, 1e-9),
-                "step_ms": 1000.0 * timed / max(timed_steps, 1), "epoch_s": elapsed}
+                "step_ms": 1000.0 * timed / max(timed_steps, 1), "epoch_s": elapsed,
+                "elapsed_s": time.perf_counter() - self._t0}
 
     def _average_non_trainable(self, model):
         """Batch-norm statistics are updated per rank: average them so all ranks agree."""
@@ -252,5 +272,5 @@ class Trainer:
             self.store.save(model, optimizer, ckpt_state)  # checkpoint first: resume trims logs
             self.metrics_log.append(record)
         shown = " ".join(f"{k} {v:.4g}" for k, v in record.items()
-                         if isinstance(v, float) and k != "epoch_s")
+                         if isinstance(v, float) and k not in ("epoch_s", "elapsed_s"))
         self.log.info(f"{record['stage_name']} epoch {record['epoch'] + 1}: {shown}")

@@ -3,9 +3,10 @@
 - tfrecord (MLPerf HPC): <root>/{train,validation}/*.tfrecord, one tf.train.Example per file
   (optionally GZIP) with x = int16 bytes of (D,D,D,4) and y = 4 float32. Read with TF ops only.
 - hdf5 (multi-resolution seed): <root>/<prefix>-rec<idx>.h5 with 3Dmap (N,D,D,D,4) and unitPar
-  (N,4); a split YAML lists the file indices of train/validation/test.
-- raw (ExaLearn): <root>/{train,validation}/*.h5 with full (S,S,S,4) counts and unitPar (4,);
-  each universe is cut into (S/D)^3 non-overlapping sub-volumes.
+  (N,4); a split YAML lists the file indices of train/validation/test (ours, or the seed's own
+  splitIdx/fnameTmpl file unchanged).
+- raw (ExaLearn): <root>/{train,validation}/**/*.hdf5 (or *.h5, in nested folders) with full
+  (S,S,S,4) counts and unitPar (4,); each universe is cut into (S/D)^3 non-overlapping sub-volumes.
 
 Every split is validated up front on every rank, cheaply (headers and sizes), so a wrong path or
 a broken file fails before training with a message naming the file and what was expected. Errors
@@ -80,6 +81,16 @@ def list_files(folder, pattern):
     paths = sorted(glob.glob(os.path.join(folder, pattern)))
     if not paths:
         raise FileNotFoundError(f"{folder}: no {pattern} files")
+    return paths
+
+
+def raw_files(folder):
+    """ExaLearn universes: *.hdf5 (as the reference tools name them) or *.h5, in nested folders,
+    sorted by path so every rank lists the same order."""
+    paths = sorted(p for pattern in ("*.hdf5", "*.h5")
+                   for p in glob.glob(os.path.join(folder, "**", pattern), recursive=True))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no *.hdf5 or *.h5 files (searched sub-folders too)")
     return paths
 
 
@@ -215,8 +226,7 @@ class H5Reader:
 
 def seed_hdf5_split(cfg, split, limit):
     root, resolution = cfg["root"], int(cfg["resolution"])
-    indices = split_file_indices(cfg, split)
-    paths = [os.path.join(root, f"{cfg['prefix']}-rec{index}.h5") for index in indices]
+    paths = split_file_paths(cfg, split)
     table = []
     for file_index, path in enumerate(paths):
         shapes = h5_shapes(path, ("3Dmap", "unitPar"))
@@ -231,21 +241,31 @@ def seed_hdf5_split(cfg, split, limit):
     return np.arange(len(table), dtype=np.int64), H5Reader(paths, table, read).tf_load
 
 
-def split_file_indices(cfg, split):
+def split_file_paths(cfg, split):
+    """The HDF5 files of `split` named by the split YAML, in one of two layouts:
+    ours, `{train: [idx...], validation: [...], test: [...]}` with files <prefix>-rec<idx>.h5; or
+    the seed's, `{splitIdx: {train, val, test}, fnameTmpl: NAME-rec*.h5}` where * is the index."""
     path = cfg["split_file"]
     path = path if os.path.isabs(path) else os.path.join(cfg["root"], path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: split file not found")
     with open(path) as f:
         splits = yaml.safe_load(f) or {}
+    template = f"{cfg['prefix']}-rec*.h5"
+    if "splitIdx" in splits:
+        template = splits.get("fnameTmpl", template)
+        if template.count("*") != 1:
+            raise ValueError(f"{path}: fnameTmpl {template!r} must hold one '*' for the index")
+        splits = {"validation": splits["splitIdx"].get("val"), **splits["splitIdx"]}
     if not splits.get(split):
         raise ValueError(f"{path}: no file indices under key '{split}'")
-    return [int(index) for index in splits[split]]
+    return [os.path.join(cfg["root"], template.replace("*", str(int(index))))
+            for index in splits[split]]
 
 
 def raw_split(cfg, split, limit):
     resolution = int(cfg["resolution"])
-    paths = list_files(split_folder(cfg["root"], split), "*.h5")
+    paths = raw_files(split_folder(cfg["root"], split))
     table = []
     for file_index, path in enumerate(paths):
         shapes = h5_shapes(path, ("full", "unitPar"))

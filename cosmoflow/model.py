@@ -12,11 +12,11 @@ NETWORKS = {
     # 7-conv network of the multi-resolution code: BN + ReLU + average pooling, dense 2048-256-4.
     "seed7": dict(filters=[16, 32, 64, 128, 256, 256, 256], strides=[1, 1, 1, 2, 1, 1, 1],
                   pool=[True, True, True, True, True, False, False], kernel_size=3,
-                  dense=[2048, 256], dropout=0.05),
+                  dense=[2048, 256], dropout=0.05, l2=0.0),
     # MLPerf HPC reference: 5 conv layers from 32 filters doubling, LeakyReLU, max pooling,
     # dense 128-64-4, tanh output scaled by 1.2.
     "mlperf": dict(filters=[32, 64, 128, 256, 512], strides=[1] * 5, pool=[True] * 5,
-                   kernel_size=2, dense=[128, 64], dropout=0.5),
+                   kernel_size=2, dense=[128, 64], dropout=0.5, l2=0.0),
 }
 
 
@@ -29,7 +29,7 @@ def network_spec(model_cfg):
     if model_cfg.get("width_scale", 1.0) != 1.0:  # thin variants for tests and smoke runs
         spec["filters"] = [max(1, int(f * model_cfg["width_scale"])) for f in spec["filters"]]
         spec["dense"] = [max(1, int(d * model_cfg["width_scale"])) for d in spec["dense"]]
-    for key in ("kernel_size", "dense", "dropout"):
+    for key in ("kernel_size", "dense", "dropout", "l2"):
         if model_cfg.get(key) is not None:
             spec[key] = model_cfg[key]
     return spec
@@ -56,8 +56,10 @@ def build_model(model_cfg, input_shape, n_targets=4):
         x = layers.GlobalAveragePooling3D(name="global_pool")(x)
     else:
         x = layers.Flatten(name="flatten")(x)
+    # L2 on the hidden dense kernels, as the MLPerf reference's convergence-point variant.
+    l2 = tf.keras.regularizers.L2(spec["l2"]) if spec["l2"] else None
     for i, units in enumerate(spec["dense"], start=1):
-        x = layers.Dense(units, name=f"dense{i}")(x)
+        x = layers.Dense(units, kernel_regularizer=l2, name=f"dense{i}")(x)
         x = layers.ReLU(name=f"dense_relu{i}")(x) if seed7 else layers.LeakyReLU(
             name=f"dense_act{i}")(x)
         x = layers.Dropout(spec["dropout"], name=f"dropout{i}")(x)

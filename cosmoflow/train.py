@@ -32,6 +32,7 @@ DEFAULTS = {
         "kernel_size": Range(None, low=1, kind=int),  # null: the network's own
         "dense": Range(None, low=1, kind=list),
         "dropout": Range(None, low=0.0, high=1.0, kind=float),  # a probability
+        "l2": Range(None, low=0.0, kind=float),  # weight of an L2 penalty on hidden dense kernels
     },
 }
 

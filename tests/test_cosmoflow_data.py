@@ -252,3 +252,38 @@ def test_hdf5_read_error_at_run_time_names_the_file(tmp_path):
     os.rename(tmp_path / "validation" / "univ_00000.h5", tmp_path / "moved.h5")
     with pytest.raises(tf.errors.OpError, match="validation/univ_00000.h5: cannot read"):
         read_all(val)
+
+
+def test_raw_reads_nested_hdf5_and_h5_universes_in_sorted_order(tmp_path):
+    gen.write_raw(tmp_path / "flat", D, 1, 3, seed=2)  # one sub-volume per universe
+    flat = sorted((tmp_path / "flat" / "validation").glob("*.h5"))
+    nested = tmp_path / "nested" / "validation"
+    for path, rel in zip(flat, ["b/2019/univ_a.hdf5", "a/univ_b.h5", "univ_c.hdf5"]):
+        (nested / rel).parent.mkdir(parents=True, exist_ok=True)
+        path.rename(nested / rel)
+    (tmp_path / "nested" / "train").mkdir()
+    (tmp_path / "nested" / "train" / "x").mkdir()
+    (tmp_path / "nested" / "train" / "x" / "univ.hdf5").write_bytes(
+        (nested / "univ_c.hdf5").read_bytes())
+    _, val = make_datasets(data_cfg("raw", tmp_path / "nested", log_transform=False), 1)
+    x, _, _ = read_all(val)
+    samples = expected_samples("validation", 3, seed=2)
+    # sorted by path: a/univ_b.h5 (2nd written), b/2019/univ_a.hdf5 (1st), univ_c.hdf5 (3rd)
+    for cube, i in zip(x, (1, 0, 2)):
+        np.testing.assert_array_equal(cube, samples[i][0])
+
+
+def test_the_seeds_split_yaml_works_unchanged(tmp_path):
+    prefix = "PeterA_2019_05_4parE"
+    gen.write_hdf5(tmp_path, D, N_TRAIN, N_VAL, 2, seed=1, samples_per_file=2, prefix=prefix)
+    (tmp_path / "seed_split.yaml").write_text(
+        "splitIdx:\n  train: [0, 1]\n  val: [2, 3, 4]\n  test: [5]\n"
+        f"fnameTmpl: {prefix}-rec*.h5\n")
+    cfg = data_cfg("hdf5", tmp_path, split_file="seed_split.yaml", prefix="ignored")
+    train, val = make_datasets(cfg, local_batch=2)
+    assert (train.num_samples, val.num_samples) == (N_TRAIN, N_VAL)
+    _, y, _ = read_all(val)
+    np.testing.assert_array_equal(y, [u for _, u in expected_samples("validation", N_VAL)])
+    (tmp_path / "seed_split.yaml").write_text("splitIdx: {train: [0]}\nfnameTmpl: rec.h5\n")
+    with pytest.raises(ValueError, match="fnameTmpl 'rec.h5' must hold one"):
+        make_datasets(cfg, local_batch=2)

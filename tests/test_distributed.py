@@ -69,8 +69,9 @@ def assert_same(a_files, b_files):
 
 
 def test_two_ranks_agree_switch_stages_and_beat_the_mean(data, tmp_path):
-    cfg = write_config(tmp_path / "c.yaml", two_stage(data, tmp_path / "out", LEARNER, None,
-                                                             epochs=(3, 8)))
+    run = two_stage(data, tmp_path / "out", LEARNER, None, epochs=(3, 8))
+    run["log"]["final_val"] = True
+    cfg = write_config(tmp_path / "c.yaml", run)
     result = run_ranks(2, [DRIVER, "cosmoflow", tmp_path, "--config", cfg])
     assert result.returncode == 0, result.stdout[-3000:]
     for dump in ["start-stage0", "start-stage1", "end"]:
@@ -82,6 +83,11 @@ def test_two_ranks_agree_switch_stages_and_beat_the_mean(data, tmp_path):
     baseline = np.abs(targets(data / "full" / "validation") -
                       targets(data / "full" / "train").mean(axis=0)).mean()
     assert records[-1]["val_mae"] < 0.9 * baseline, (records[-1]["val_mae"], baseline)
+    # The coarse stage is also scored on full-resolution validation data (log.final_val).
+    assert all(0 < r["final_val_mae"] < 2 for r in records)
+    assert all(r["final_val_mae"] != r["val_mae"] for r in records[:3])
+    assert all(r["final_val_mae"] == r["val_mae"] for r in records[3:])
+    assert [r["elapsed_s"] for r in records] == sorted(r["elapsed_s"] for r in records)
     assert all(r["samples_per_s"] > 0 for r in records)
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from common.multires import EarlyStopping, reached, transfer_weights
+from common.multires import EarlyStopping, FinalStageProbe, reached, transfer_weights
 from cosmoflow.model import build_model
 
 TINY = {"width_scale": 0.0625, "kernel_size": None, "dense": None, "dropout": None}
@@ -58,3 +58,39 @@ def test_target_reached():
     assert reached(0.12, 0.124, "min") and not reached(0.13, 0.124, "min")
     assert reached(0.9, 0.8, "max") and not reached(float("nan"), 0.8, "max")
     assert not reached(0.1, None, "min")
+
+
+class Log:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, line):
+        self.lines.append(line)
+
+
+def probe_for(head, size=16):
+    """A FinalStageProbe whose 'validation' is the full-size model's output on a fixed input."""
+    x = np.random.default_rng(1).random((2, size, size, size, 4)).astype(np.float32)
+
+    def build():
+        model = seed7(head, size)
+        return model, lambda: {"val_out": float(np.mean(model(x, training=False)))}
+    return FinalStageProbe(build, Log()), x
+
+
+def test_final_stage_probe_scores_the_coarse_weights_at_full_size():
+    probe, x = probe_for("global_pool")
+    coarse = seed7("global_pool", 8)
+    scored = probe.score(coarse, {"val_out": 9.0}, last_stage=False)
+    full = seed7("global_pool", 16)
+    transfer_weights(coarse, full)
+    assert scored == {"final_val_out": pytest.approx(float(np.mean(full(x, training=False))))}
+    assert probe.score(full, {"val_out": 0.5, "train_loss": 1.0}, last_stage=True) == {
+        "final_val_out": 0.5}
+
+
+def test_final_stage_probe_turns_off_when_a_layer_cannot_carry_over():
+    probe, _ = probe_for("flatten", 128)  # seed7 shrinks 64x: 1^3 vs 2^3 voxels at dense1
+    assert probe.score(seed7("flatten", 64), {"val_out": 1.0}, last_stage=False) == {}
+    assert "dense1 cannot carry over" in probe.log.lines[0]
+    assert probe.score(seed7("flatten", 128), {"val_out": 1.0}, last_stage=True) == {}
