@@ -39,3 +39,14 @@ def make_eval_step(model, loss_fn, metric_fns):
         return tf.stack(sums + [tf.reduce_sum(w)])
 
     return eval_step
+
+
+def draws_random_numbers(model):
+    """Does a training step of `model` draw random numbers (dropout or noise layers with a
+    non-zero rate)? Unknown Keras internals count as yes, the safe answer."""
+    try:
+        from keras.src.engine.base_layer import BaseRandomLayer
+    except ImportError:
+        return True
+    return any(isinstance(layer, BaseRandomLayer) and getattr(layer, "rate", None) != 0
+               for layer in model.submodules)

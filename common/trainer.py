@@ -15,7 +15,7 @@ from common.checkpoint import CheckpointStore
 from common.logs import MetricsLog
 from common.multires import (EarlyStopping, FinalStageProbe, describe_target, plan_stages,
                              reached, transfer_weights)
-from common.steps import make_eval_step, make_train_step
+from common.steps import draws_random_numbers, make_eval_step, make_train_step
 
 
 class NonFiniteLoss(RuntimeError):
@@ -185,20 +185,16 @@ class Trainer:
                 return model, False  # a resume with more epochs continues the stage
         eval_step = make_eval_step(model, self.task.loss, list(self.task.metrics.values()))
         target = stage.train["target"]
+        # Keras' random layers keep their RNG state outside the checkpoint: with any of them, each
+        # epoch restarts from a seed of (run, stage, epoch) in a fresh trace, so an epoch replays
+        # identically after a resume. Other models trace once per stage.
+        fresh_trace_per_epoch, train_step = draws_random_numbers(model), None
         for epoch in range(state["epoch"] + 1 if state else 0, stage.epochs):
-            # Random ops (dropout) restart from a seed of (run, stage, epoch) in a fresh trace, so
-            # an epoch replays identically after a resume.
-            tf.random.set_seed(int(np.random.default_rng(
-                [self.cfg["seed"], stage.index, epoch]).integers(2**31)))
-            train_step = make_train_step(model, optimizer, self.task.loss, self.world)
-            record = self._train_epoch(stage, setup, epoch, train_step)
-            self._average_non_trainable(model)
-            record.update(self._evaluate(setup.val_data, eval_step))
-            if self.probe is not None:
-                record.update(self.probe.score(model, record, stage.index == len(self.stages) - 1))
-            if self.world.is_root and self.task.on_validation is not None:
-                self.task.on_validation(model, stage, epoch, self.out)
-            record["lr"] = float(optimizer.learning_rate)
+            if fresh_trace_per_epoch or train_step is None:
+                tf.random.set_seed(int(np.random.default_rng(
+                    [self.cfg["seed"], stage.index, epoch]).integers(2**31)))
+                train_step = make_train_step(model, optimizer, self.task.loss, self.world)
+            record = self._epoch(stage, setup, epoch, model, optimizer, train_step, eval_step)
             target_hit = reached(record.get(target["metric"]), target["value"], target["mode"])
             stop = early.update(record[es_cfg["metric"]]) or target_hit
             ckpt_state = {"stage": stage.index, "epoch": epoch, "stopped_early": stop,
@@ -215,6 +211,21 @@ class Trainer:
                               f"{es_cfg['patience']} epochs; ending the stage")
                 break
         return model, False
+
+    def _epoch(self, stage, setup, epoch, model, optimizer, train_step, eval_step):
+        """Train one epoch, then validate; returns the epoch's record."""
+        record = self._train_epoch(stage, setup, epoch, train_step)
+        self._average_non_trainable(model)
+        record.update(self._evaluate(setup.val_data, eval_step))
+        if self.probe is not None:  # a measurement, not training: kept out of elapsed_s
+            t_probe = time.perf_counter()
+            record.update(self.probe.score(model, record, stage.index == len(self.stages) - 1))
+            self._t0 += time.perf_counter() - t_probe
+        record["elapsed_s"] = time.perf_counter() - self._t0  # since the run began
+        if self.world.is_root and self.task.on_validation is not None:
+            self.task.on_validation(model, stage, epoch, self.out)
+        record["lr"] = float(optimizer.learning_rate)  # the LR of the epoch's last step
+        return record
 
     def _train_epoch(self, stage, setup, epoch, train_step):
         steps = setup.train_data.steps_per_epoch
@@ -243,8 +254,7 @@ class Trainer:
         return {"stage": stage.index, "stage_name": stage.name, "epoch": epoch,
                 "train_loss": float(np.mean(losses)),
                 "samples_per_s": timed_steps * setup.global_batch / max(timed, 1e-9),
-                "step_ms": 1000.0 * timed / max(timed_steps, 1), "epoch_s": elapsed,
-                "elapsed_s": time.perf_counter() - self._t0}
+                "step_ms": 1000.0 * timed / max(timed_steps, 1), "epoch_s": elapsed}
 
     def _average_non_trainable(self, model):
         """Batch-norm statistics are updated per rank: average them so all ranks agree."""

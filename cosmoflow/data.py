@@ -53,12 +53,15 @@ def make_datasets(data_cfg, local_batch, rank=0, size=1, seed=0):
 
 
 def to_model_input(load, data_cfg):
-    """Wraps a raw loader: float32 x, optionally log(x + 1) as in the MLPerf reference."""
+    """Wraps a raw loader: float32 x, scaled by count_scale, then optionally log(x + 1) as in
+    the MLPerf reference."""
     shape = sample_shape(data_cfg)
 
     def load_fn(key):
         x, y = load(key)
         x = tf.cast(x, tf.float32)
+        if data_cfg["count_scale"] != 1.0:
+            x = x * data_cfg["count_scale"]
         if data_cfg["log_transform"]:
             x = tf.math.log1p(x)
         return tf.ensure_shape(x, shape), tf.ensure_shape(y, [NUM_TARGETS])

@@ -22,6 +22,10 @@ DEFAULTS = {
         "split_file": "split.yaml",     # hdf5 only: train/validation/test file indices
         "prefix": "cosmo",              # hdf5 only: <prefix>-rec<idx>.h5
         "log_transform": True,          # x -> log(x + 1), as the MLPerf reference
+        # x is multiplied by this first: 0.125 turns 2x2x2 sums of counts (python -m
+        # cosmoflow.coarsen) back into counts per full-resolution voxel, so coarse and full
+        # cubes reach the network on the same intensity scale.
+        "count_scale": Range(1.0, low=0.0, open_low=True),
         "max_train": Range(None, low=1, kind=int),  # use only the first N samples
         "max_val": Range(None, low=1, kind=int),
     },

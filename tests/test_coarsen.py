@@ -15,7 +15,7 @@ D = 16
 def read_split(fmt, root, resolution, split_index):
     """All (x, y) of one split as numpy, counts untransformed."""
     cfg = dict(format=fmt, root=str(root), resolution=resolution, compression="auto",
-               split_file="split.yaml", prefix="cosmo", log_transform=False,
+               split_file="split.yaml", prefix="cosmo", count_scale=1.0, log_transform=False,
                max_train=None, max_val=None)
     dataset = make_datasets(cfg, local_batch=1)[split_index]
     batches = list(dataset.epoch(0))

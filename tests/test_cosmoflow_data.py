@@ -19,7 +19,7 @@ N_TRAIN, N_VAL = 4, 5  # odd validation count: 2 ranks get uneven shards and nee
 
 def data_cfg(fmt, root, **overrides):
     cfg = dict(format=fmt, root=str(root), resolution=D, compression="auto",
-               split_file="split.yaml", prefix="cosmo", log_transform=True,
+               split_file="split.yaml", prefix="cosmo", count_scale=1.0, log_transform=True,
                max_train=None, max_val=None)
     return {**cfg, **overrides}
 

@@ -1,0 +1,21 @@
+"""Which models need a fresh trace per epoch: only those whose training step draws random
+numbers (Keras keeps that RNG state outside the checkpoint)."""
+import tensorflow as tf
+
+from common.steps import draws_random_numbers
+from cosmoflow.model import build_model
+
+TINY = {"name": "mlperf", "head": "global_pool", "width_scale": 0.0625}
+
+
+def test_dropout_with_a_rate_draws_random_numbers_and_rate_zero_does_not():
+    assert draws_random_numbers(build_model({**TINY, "dropout": 0.5}, (8, 8, 8, 4)))
+    assert not draws_random_numbers(build_model({**TINY, "dropout": 0.0}, (8, 8, 8, 4)))
+
+
+def test_noise_layers_nested_in_submodels_count():
+    inner = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.GaussianNoise(0.1)])
+    outer = tf.keras.Sequential([tf.keras.Input((4,)), inner, tf.keras.layers.Dense(2)])
+    assert draws_random_numbers(outer)
+    plain = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)])
+    assert not draws_random_numbers(plain)
