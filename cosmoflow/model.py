@@ -8,6 +8,8 @@ resolution-agnostic.
 import tensorflow as tf
 from tensorflow.keras import layers
 
+from common.layers import SeededDropout
+
 NETWORKS = {
     # 7-conv network of the multi-resolution code: BN + ReLU + average pooling, dense 2048-256-4.
     "seed7": dict(filters=[16, 32, 64, 128, 256, 256, 256], strides=[1, 1, 1, 2, 1, 1, 1],
@@ -62,7 +64,7 @@ def build_model(model_cfg, input_shape, n_targets=4):
         x = layers.Dense(units, kernel_regularizer=l2, name=f"dense{i}")(x)
         x = layers.ReLU(name=f"dense_relu{i}")(x) if seed7 else layers.LeakyReLU(
             name=f"dense_act{i}")(x)
-        x = layers.Dropout(spec["dropout"], name=f"dropout{i}")(x)
+        x = SeededDropout(spec["dropout"], name=f"dropout{i}")(x)
     if seed7:
         outputs = layers.Dense(n_targets, name="output")(x)
     else:
