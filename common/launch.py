@@ -3,13 +3,16 @@
 Any error stops every rank with a non-zero exit code (MPI_Abort when there are several), so a
 problem seen by one rank never leaves the others waiting in a collective.
 """
+import json
 import os
+import sys
 
 import tensorflow as tf
 
 from common.config import COMMON_DEFAULTS, load_config, merge_defaults, save_config
 from common.distributed import World, abort_all, init_world
 from common.logs import get_logger
+from common.summary import run_record
 from common.trainer import Trainer
 
 
@@ -25,6 +28,8 @@ def run(app_defaults, make_task, description, argv=None):
         if world.is_root:
             os.makedirs(cfg["output_dir"], exist_ok=True)
             save_config(cfg, os.path.join(cfg["output_dir"], "config.yaml"))
+            with open(os.path.join(cfg["output_dir"], "run.json"), "w") as f:
+                json.dump(run_record(world, [sys.executable, *sys.argv]), f, indent=1)
         log.info(f"{description}: {world.size} rank(s), output in {cfg['output_dir']}")
         history = Trainer(cfg, make_task(cfg), world, log).fit()
         log.info(f"done: {len(history)} epochs trained in this run")

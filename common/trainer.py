@@ -1,4 +1,5 @@
 """The one training loop: every app, every stage of a multi-resolution plan, resume included."""
+import json
 import math
 import os
 import sys
@@ -16,6 +17,7 @@ from common.logs import MetricsLog
 from common.multires import (EarlyStopping, FinalStageProbe, describe_target, plan_stages,
                              reached, transfer_weights)
 from common.steps import draws_random_numbers, make_eval_step, make_train_step
+from common.summary import run_summary, summary_lines
 
 
 class NonFiniteLoss(RuntimeError):
@@ -32,6 +34,7 @@ class Task:
     # (model, stage, epoch, output_dir), called on rank 0 after each validation: pictures people
     # look at (predicted masks, restored images). Must not run collectives.
     on_validation: Optional[Callable] = None
+    maximize: tuple = ()       # metric names where higher is better (IoU, PSNR); others: lower
 
 
 @dataclass
@@ -87,7 +90,19 @@ class Trainer:
             if finished_run:
                 break
         self.model = model
+        self._write_summary()
         return self.history
+
+    def _write_summary(self):
+        """Rank 0: time, epochs, best/final metrics, time to target, over the whole run's log."""
+        if not self.world.is_root:
+            return
+        summary = run_summary(self.metrics_log.read(), self.stages[-1].train["target"],
+                              self.task.maximize)
+        for line in summary_lines(summary):
+            self.log.info(line)
+        with open(os.path.join(self.out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
 
     def _final_stage_probe(self, last_setup):
         """With log.final_val, earlier stages are also scored on the last stage's validation

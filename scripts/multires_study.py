@@ -28,43 +28,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = os.path.join(ROOT, "scripts", "study_presets.yaml")
 sys.path.insert(0, ROOT)
 from common.logs import MetricsLog  # noqa: E402
+from common.summary import first_reached, stage_seconds  # noqa: E402
 
 
 def full_res_points(records, metric):
-    """(elapsed_s, value, epochs so far, stage name) of every epoch with a full-resolution value:
+    """The records that have a full-resolution value, as copies with it under 'full':
     final_val_<metric> (log.final_val), or val_<metric> in the run's last stage."""
     points = []
-    for epochs, r in enumerate(records, start=1):
+    for r in records:
         value = r.get(f"final_val_{metric}")
         if value is None and r["stage"] == records[-1]["stage"]:
             value = r.get(f"val_{metric}")
-        if value is not None:
-            points.append((r["elapsed_s"], value, epochs, r["stage_name"]))
+        points.append({**r, "full": value})
     return points
-
-
-def better(a, b, mode):
-    return a <= b if mode == "min" else a >= b
 
 
 def time_to_target(records, metric, target, mode):
     """(seconds, epochs, stage) when the full-resolution metric first reaches the target, else
     None. Epochs count every epoch of every stage up to and including that one."""
-    for seconds, value, epochs, stage in full_res_points(records, metric):
-        if better(value, target, mode):
-            return seconds, epochs, stage
-    return None
+    return first_reached(full_res_points(records, metric), "full", target, mode)
 
 
 def summarise_run(records, metric, mode):
-    values = [p[1] for p in full_res_points(records, metric)]
-    stage_time, previous = {}, 0.0
-    for r in records:  # a stage's time runs to its last epoch's end, switch included
-        stage_time[r["stage_name"]] = r["elapsed_s"] - previous + stage_time.get(r["stage_name"], 0)
-        previous = r["elapsed_s"]
+    values = [p["full"] for p in full_res_points(records, metric) if p["full"] is not None]
     pick = min if mode == "min" else max
     return {"final": values[-1], "best": pick(values), "total_s": records[-1]["elapsed_s"],
-            "epochs": len(records), "stage_s": stage_time}
+            "epochs": len(records), "stage_s": stage_seconds(records)}
 
 
 def target_value(best_values, tolerance, mode):
@@ -118,7 +107,8 @@ def plot(runs, preset, target, path):
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for colour, (plan, plan_runs) in zip(colours, runs.items()):
         for i, records in enumerate(plan_runs):
-            xs, ys = zip(*[p[:2] for p in full_res_points(records, preset["metric"])])
+            xs, ys = zip(*[(p["elapsed_s"], p["full"]) for p in
+                           full_res_points(records, preset["metric"]) if p["full"] is not None])
             ax.plot(xs, ys, "o-", color=colour, alpha=0.7, ms=3, label=plan if i == 0 else None)
     ax.axhline(target, color="black", ls="--", lw=1, label="target")
     ax.set_xlabel("wall-clock seconds since training start")

@@ -88,6 +88,15 @@ def test_two_ranks_agree_switch_stages_and_beat_the_mean(data, tmp_path):
     assert all(r["final_val_mae"] != r["val_mae"] for r in records[:3])
     assert all(r["final_val_mae"] == r["val_mae"] for r in records[3:])
     assert [r["elapsed_s"] for r in records] == sorted(r["elapsed_s"] for r in records)
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["ranks"] == 2 and run["launcher"] == "mpiexec (Open MPI)"
+    assert run["tensorflow"] == tf.__version__ and run["horovod"] and "MPI" in run["mpi"]
+    assert run["commit"] and run["python"].count(".") == 2
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["epochs"] == 11 and set(summary["stage_s"]) == {"coarse", "full"}
+    assert summary["final"]["val_mae"] == records[-1]["val_mae"]
+    assert summary["best"]["val_mae"] == min(r["val_mae"] for r in records)
+    assert "summary: 11 epochs in" in result.stdout
     assert all(r["samples_per_s"] > 0 for r in records)
 
 

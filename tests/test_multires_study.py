@@ -40,7 +40,7 @@ def test_ties_reach_the_target_and_the_first_epoch_wins():
 def test_without_final_val_only_the_last_stage_is_full_resolution():
     no_probe = [{k: v for k, v in r.items() if k != "final_val_mae"} for r in MULTIRES]
     assert study.time_to_target(no_probe, "mae", 0.75, "min") == (7.0, 3, "full")
-    assert [p[1] for p in study.full_res_points(no_probe, "mae")] == [0.45, 0.40]
+    assert [p["full"] for p in study.full_res_points(no_probe, "mae")] == [None, None, 0.45, 0.40]
 
 
 def test_run_summary_and_target():
