@@ -63,6 +63,7 @@ COMMON_DEFAULTS = {
     "seed": Range(0, low=0),
     "output_dir": "runs/out",
     "resume": False,
+    "test": False,  # evaluate the latest checkpoint on the test split instead of training
     "train": {
         "epochs": Range(10, low=1),
         "local_batch": Range(8, low=1),
@@ -237,6 +238,8 @@ def build_parser(description):
     parser.add_argument("--seed", type=int)
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in the output folder")
+    parser.add_argument("--test", action="store_true",
+                        help="evaluate the latest checkpoint on the test split, then exit")
     return parser
 
 
@@ -265,8 +268,9 @@ def resolve(schema, path, assignments=(), flags=None):
     for flag, (key, _) in PLAIN_FLAGS.items():
         if flags.get(flag) is not None:
             _set_everywhere(cfg, schema, key, flags[flag])
-    if flags.get("resume"):
-        cfg["resume"] = True
+    for mode in ("resume", "test"):
+        if flags.get(mode):
+            cfg[mode] = True
     return cfg
 
 

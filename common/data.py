@@ -21,9 +21,11 @@ class ShardedDataset:
     """
 
     def __init__(self, keys, load_fn, local_batch, rank=0, size=1, training=True, seed=0,
-                 name="dataset"):
+                 name="dataset", seeded_load=False):
         self.keys = np.asarray(keys)
-        self.load_fn = load_fn
+        # seeded_load: load_fn(key, seed) also gets an int64 [2] seed unique to (seed, epoch,
+        # key), for random crops that replay identically after a resume and at any rank count.
+        self.load_fn, self.seeded_load = load_fn, seeded_load
         self.local_batch = int(local_batch)
         self.rank, self.size = rank, size
         self.training = training
@@ -66,7 +68,12 @@ class ShardedDataset:
         keys, weights = self.shard_keys(epoch)
 
         def load(key, weight):
-            x, y = self.load_fn(key)
+            if self.seeded_load:
+                seed = tf.stack([tf.constant(self.seed * 100003 + epoch, tf.int64),
+                                 tf.cast(key, tf.int64)])
+                x, y = self.load_fn(key, seed)
+            else:
+                x, y = self.load_fn(key)
             return x, y, weight
 
         ds = tf.data.Dataset.from_tensor_slices((keys, weights))

@@ -35,6 +35,7 @@ class Task:
     # look at (predicted masks, restored images). Must not run collectives.
     on_validation: Optional[Callable] = None
     maximize: tuple = ()       # metric names where higher is better (IoU, PSNR); others: lower
+    make_test_data: Optional[Callable] = None  # (stage, local_batch, world) -> ShardedDataset
 
 
 @dataclass
@@ -92,6 +93,32 @@ class Trainer:
         self.model = model
         self._write_summary()
         return self.history
+
+    def test(self):
+        """Evaluate the latest checkpoint's model on the task's test split (--test)."""
+        if self.task.make_test_data is None:
+            raise ValueError("--test: this app has no test split")
+        latest = self.world.broadcast_object(self.store.latest() if self.world.is_root else None)
+        if latest is None:
+            raise FileNotFoundError(f"--test: no checkpoint in {self.store.directory}")
+        stage = self.stages[latest["stage"]]
+        model = self.task.build_model(stage)
+        tf.train.Checkpoint(model=model).read(
+            os.path.join(latest["path"], "ckpt")).expect_partial()
+        local, _ = lr_rules.batch_sizes(stage.train["scaling"], stage.train["local_batch"],
+                                        stage.train["global_batch"], self.world.size)
+        data = self.task.make_test_data(stage, local, self.world)
+        step = make_eval_step(model, self.task.loss, list(self.task.metrics.values()))
+        results = {k.replace("val_", "test_", 1): v
+                   for k, v in self._evaluate(data, step).items()}
+        self.log.info(f"test split, checkpoint {latest['name']} ({data.num_samples} samples): "
+                      + " ".join(f"{k} {v:.4g}" for k, v in results.items()))
+        if self.world.is_root:
+            with open(os.path.join(self.out, "test.json"), "w") as f:
+                json.dump({"checkpoint": latest["name"], **results}, f, indent=1)
+            if self.task.on_validation is not None:
+                self.task.on_validation(model, stage, "test", self.out)
+        return results
 
     def _write_summary(self):
         """Rank 0: time, epochs, best/final metrics, time to target, over the whole run's log."""

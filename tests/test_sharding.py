@@ -49,3 +49,22 @@ def test_too_few_samples_is_a_clear_error():
         ShardedDataset(np.arange(3), load, 2, 0, 2, training=True, name="train")
     with pytest.raises(ValueError, match="val: no samples"):
         ShardedDataset(np.arange(0), load, 2, name="val")
+
+
+def test_seeded_load_gets_a_seed_of_run_epoch_and_key_whatever_the_rank_count():
+    def seeded(key, seed):
+        draw = tf.random.stateless_uniform([], seed=seed)
+        return tf.stack([tf.cast(key, tf.float32), draw]), tf.cast(key, tf.float32)
+
+    def draws(size, epoch, seed=7):
+        out = {}
+        for rank in range(size):
+            ds = ShardedDataset(np.arange(8), seeded, 2, rank, size, True, seed,
+                                seeded_load=True)
+            for x, _, _ in ds.epoch(epoch):
+                out.update({int(k): float(d) for k, d in x.numpy()})
+        return out
+
+    one, two = draws(1, epoch=0), draws(2, epoch=0)
+    assert one == two and len(set(one.values())) == 8
+    assert draws(1, epoch=1) != one and draws(1, epoch=0, seed=8) != one

@@ -1,0 +1,147 @@
+"""EDSR input: pairs of JPEG-compressed (LR) and original (HR) climate images of equal size.
+
+Layout: <root>/{train,val,test}/{HR,LR}/<id>.png, with list.txt (one id per line) in train/ and
+test/. A missing list.txt is written once, by rank 0 and atomically, from the HR folder; the
+other ranks wait for it. Every image is decoded once and kept in memory as uint8; each epoch
+draws random aligned crops (the same window of LR and HR) from them, reproducibly from the run's
+seed, the epoch and the crop's number, whatever the rank count. Validation and test use full
+images. The label carries the JPEG input next to the target (channels [HR, LR]) so that the
+input's own PSNR, the baseline, is reduced across ranks like every other metric.
+"""
+import os
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from common.data import ShardedDataset
+
+LISTED_SPLITS = ("train", "test")  # the splits that carry a list.txt
+MODES = {1: ("L",), 3: ("RGB",)}
+
+
+def natural_key(name):
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def split_ids(root, split, world=None):
+    """Image ids of a split: list.txt (written by rank 0 of `world` when missing) or the HR
+    folder. Without a world nothing is written."""
+    folder = os.path.join(root, split)
+    hr = os.path.join(folder, "HR")
+    if not os.path.isdir(hr):
+        raise FileNotFoundError(f"{hr}: missing; expected {folder}/HR and {folder}/LR")
+    listing = os.path.join(folder, "list.txt")
+    if world is not None and split in LISTED_SPLITS and not os.path.exists(listing):
+        if world.is_root:
+            write_list(hr, listing)
+        world.broadcast_object(None)  # every rank waits until rank 0 has written it
+    if os.path.exists(listing):
+        with open(listing) as f:
+            ids = [line.strip() for line in f if line.strip()]
+        if not ids:
+            raise ValueError(f"{listing}: lists no image ids")
+        return ids
+    return hr_ids(hr)
+
+
+def hr_ids(hr):
+    ids = sorted((os.path.splitext(n)[0] for n in os.listdir(hr) if n.endswith(".png")),
+                 key=natural_key)
+    if not ids:
+        raise FileNotFoundError(f"{hr}: no .png images")
+    return ids
+
+
+def write_list(hr, listing):
+    ids = hr_ids(hr)
+    tmp = f"{listing}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write("\n".join(ids) + "\n")
+    os.replace(tmp, listing)  # readers never see half a file
+
+
+def read_png(path, depth):
+    """(H, W, depth) uint8; the file is named in every error."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode, pixels = image.mode, np.asarray(image)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{path}: cannot decode as PNG ({err})") from None
+    if mode not in MODES[depth]:
+        raise ValueError(f"{path}: image mode {mode} ({1 if pixels.ndim == 2 else pixels.shape[-1]}"
+                         f" channel(s)) does not match data.depth {depth}")
+    return pixels.reshape(pixels.shape[:2] + (depth,)).astype(np.uint8)
+
+
+def load_pairs(data_cfg, split, ids):
+    """(lr, hr) uint8 arrays (N, H, W, depth); sizes checked against each other and the config."""
+    folder = os.path.join(data_cfg["root"], split)
+    want = (data_cfg["num_rows"], data_cfg["num_cols"])
+    lrs, hrs = [], []
+    for image_id in ids:
+        hr_path = os.path.join(folder, "HR", f"{image_id}.png")
+        lr_path = os.path.join(folder, "LR", f"{image_id}.png")
+        if not os.path.isfile(lr_path):
+            raise FileNotFoundError(f"{lr_path}: missing; it is the LR image of {hr_path}")
+        hr, lr = read_png(hr_path, data_cfg["depth"]), read_png(lr_path, data_cfg["depth"])
+        if hr.shape[:2] != want:
+            raise ValueError(f"{hr_path}: {hr.shape[1]}x{hr.shape[0]} pixels, expected "
+                             f"data.num_cols x data.num_rows = {want[1]}x{want[0]}")
+        if lr.shape != hr.shape:
+            raise ValueError(f"{lr_path}: {lr.shape[1]}x{lr.shape[0]} pixels, but its HR image "
+                             f"{hr_path} is {hr.shape[1]}x{hr.shape[0]}")
+        lrs.append(lr)
+        hrs.append(hr)
+    return np.stack(lrs), np.stack(hrs)
+
+
+def first(ids, limit):
+    return ids if limit is None else ids[:int(limit)]
+
+
+def make_datasets(data_cfg, local_batch, world, seed):
+    """(train crops, validation full images) ShardedDatasets of (x, y=[HR, LR], weight)."""
+    crop = data_cfg["crop"]
+    if crop > min(data_cfg["num_rows"], data_cfg["num_cols"]):
+        raise ValueError(f"data.crop {crop} is larger than the {data_cfg['num_cols']}x"
+                         f"{data_cfg['num_rows']} images")
+    ids = first(split_ids(data_cfg["root"], "train", world), data_cfg["max_train"])
+    lr, hr = load_pairs(data_cfg, "train", ids)
+    train = ShardedDataset(np.arange(len(ids) * data_cfg["crops_per_image"]),
+                           crop_loader(lr, hr, crop, data_cfg["crops_per_image"]), local_batch,
+                           world.rank, world.size, training=True, seed=seed, name="edsr train",
+                           seeded_load=True)
+    return train, full_images(data_cfg, "val", world, data_cfg["max_val"])
+
+
+def full_images(data_cfg, split, world, limit=None):
+    """Every full image of `split` once (padded shards), in batches of data.eval_batch."""
+    ids = first(split_ids(data_cfg["root"], split, world), limit)
+    lr, hr = (tf.Variable(a, trainable=False) for a in load_pairs(data_cfg, split, ids))
+
+    def load(index):
+        return tf.cast(lr[index], tf.float32), tf.cast(tf.concat([hr[index], lr[index]], -1),
+                                                        tf.float32)
+    return ShardedDataset(np.arange(len(ids)), load, data_cfg["eval_batch"], world.rank,
+                          world.size, training=False, name=f"edsr {split}")
+
+
+def crop_loader(lr, hr, crop, crops_per_image):
+    """key -> an aligned random crop of image key // crops_per_image, placed by the key's seed."""
+    rows, cols = lr.shape[1:3]
+    lr = tf.Variable(lr, trainable=False)  # variables: large images stay out of the data graph
+    hr = tf.Variable(hr, trainable=False)
+
+    def load(key, seed):
+        index = key // crops_per_image
+        corner = tf.random.stateless_uniform([2], seed, minval=0, maxval=tf.int64.max,
+                                             dtype=tf.int64) % [rows - crop + 1, cols - crop + 1]
+        top, left = corner[0], corner[1]
+        x = lr[index, top:top + crop, left:left + crop]
+        y = hr[index, top:top + crop, left:left + crop]
+        return tf.cast(x, tf.float32), tf.cast(tf.concat([y, x], -1), tf.float32)
+    return load
