@@ -69,8 +69,12 @@ COMMON_DEFAULTS = {
         "local_batch": Range(8, low=1),
         "scaling": Choice("weak", "strong"),  # weak: fixed local batch; strong: fixed global batch
         "global_batch": Range(None, low=1, kind=int),  # strong scaling: split over the ranks
-        "optimizer": Choice("sgd", "adam"),
-        "momentum": Range(0.9, low=0.0, high=1.0),
+        "optimizer": Choice("sgd", "adam", "adamw", "lamb"),
+        "momentum": Range(0.9, low=0.0, high=1.0),   # sgd
+        "weight_decay": Range(0.0, low=0.0),         # sgd, adamw, lamb (decoupled)
+        "beta_1": Range(0.9, low=0.0, high=1.0),     # adam, adamw, lamb
+        "beta_2": Range(0.999, low=0.0, high=1.0),
+        "epsilon": Range(1e-7, low=0.0, open_low=True),
         "lr": {
             "base": Range(0.001, low=0.0),  # tuned for a global batch of base_batch
             "base_batch": Range(8, low=1),

@@ -82,12 +82,3 @@ class WarmupDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return dict(vars(self))
-
-
-def make_optimizer(train_cfg, schedule):
-    if train_cfg["optimizer"] == "sgd":
-        return tf.keras.optimizers.SGD(schedule, momentum=train_cfg["momentum"])
-    if train_cfg["optimizer"] == "adam":
-        return tf.keras.optimizers.Adam(schedule)
-    raise ValueError(f"config key 'train.optimizer': unknown optimizer "
-                     f"{train_cfg['optimizer']!r}")

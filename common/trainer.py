@@ -16,6 +16,7 @@ from common.checkpoint import CheckpointStore
 from common.logs import MetricsLog
 from common.multires import (EarlyStopping, FinalStageProbe, describe_target, plan_stages,
                              reached, transfer_weights)
+from common.optimizers import make_optimizer
 from common.steps import draws_random_numbers, make_eval_step, make_train_step
 from common.summary import run_summary, summary_lines
 
@@ -189,7 +190,7 @@ class Trainer:
             for line in transfer_weights(previous, model).lines():
                 self.log.info(line)
         schedule = self._schedule(stage, setup)
-        optimizer = lr_rules.make_optimizer(stage.train, schedule)
+        optimizer = make_optimizer(stage.train, schedule)
         optimizer.build(model.trainable_variables)
         if state is not None:
             self.store.restore(model, optimizer, state)

@@ -20,7 +20,7 @@ import tensorflow as tf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from common.config import COMMON_DEFAULTS, merge_defaults, resolve  # noqa: E402
 from common.distributed import init_world  # noqa: E402
-from common.lr import make_optimizer  # noqa: E402
+from common.optimizers import make_optimizer  # noqa: E402
 from common.multires import plan_stages  # noqa: E402
 from common.steps import make_train_step  # noqa: E402
 

@@ -1,0 +1,73 @@
+"""Optimizers by config name: SGD, Adam, AdamW and LAMB, all driven by an LR schedule.
+
+LAMB (You et al. 2019, "Large batch optimization for deep learning") is what the MLPerf HPC
+DeepCAM reference trains with. Keras 2.15 has no LAMB and tensorflow-addons is deprecated, so it
+is written here on the Keras optimizer API; its slots checkpoint like Adam's.
+"""
+import tensorflow as tf
+
+
+def make_optimizer(train_cfg, schedule):
+    """The optimizer named by `train.optimizer`, with `schedule` (or a float) as learning rate."""
+    name = train_cfg["optimizer"]
+    adam_args = dict(beta_1=train_cfg.get("beta_1", 0.9), beta_2=train_cfg.get("beta_2", 0.999),
+                     epsilon=train_cfg.get("epsilon", 1e-7))
+    decay = train_cfg.get("weight_decay", 0.0)
+    if name == "sgd":
+        return tf.keras.optimizers.SGD(schedule, momentum=train_cfg["momentum"],
+                                       weight_decay=decay or None)
+    if name == "adam":
+        return tf.keras.optimizers.Adam(schedule, **adam_args)
+    if name == "adamw":
+        return tf.keras.optimizers.AdamW(schedule, weight_decay=decay, **adam_args)
+    if name == "lamb":
+        return Lamb(schedule, weight_decay_rate=decay, **adam_args)
+    raise ValueError(f"config key 'train.optimizer': unknown optimizer {name!r}")
+
+
+class Lamb(tf.keras.optimizers.Optimizer):
+    """Adam's direction plus decoupled weight decay, scaled per variable by the trust ratio
+    ||w|| / ||update||, so that every layer moves by a similar fraction of its norm whatever the
+    (large) batch size. A variable or update of norm 0 gets ratio 1.
+    """
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-6,
+                 weight_decay_rate=0.0, name="Lamb", **kwargs):
+        # The base class's own weight_decay is not used: LAMB folds the decay into the update
+        # before the trust ratio, rather than applying it separately.
+        super().__init__(name=name, jit_compile=False, **kwargs)
+        self._learning_rate = self._build_learning_rate(learning_rate)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self.weight_decay_rate = weight_decay_rate
+
+    def build(self, var_list):
+        super().build(var_list)
+        if getattr(self, "_built", False):
+            return
+        self._built = True
+        self._m = [self.add_variable_from_reference(v, "m") for v in var_list]
+        self._v = [self.add_variable_from_reference(v, "v") for v in var_list]
+
+    def update_step(self, gradient, variable):
+        dtype = variable.dtype
+        lr = tf.cast(self.learning_rate, dtype)
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        index = self._index_dict[self._var_key(variable)]
+        m, v = self._m[index], self._v[index]
+        gradient = tf.convert_to_tensor(gradient)  # sparse gradients taken densely
+        m.assign(beta_1 * m + (1 - beta_1) * gradient)
+        v.assign(beta_2 * v + (1 - beta_2) * tf.square(gradient))
+        m_hat = m / (1 - tf.pow(beta_1, step))
+        v_hat = v / (1 - tf.pow(beta_2, step))
+        update = m_hat / (tf.sqrt(v_hat) + self.epsilon) + self.weight_decay_rate * variable
+        w_norm, u_norm = tf.norm(variable), tf.norm(update)
+        trust = tf.where((w_norm > 0) & (u_norm > 0), w_norm / tf.maximum(u_norm, 1e-30), 1.0)
+        variable.assign_sub(lr * trust * update)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(learning_rate=self._serialize_hyperparameter(self._learning_rate),
+                      beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon,
+                      weight_decay_rate=self.weight_decay_rate)
+        return config
