@@ -18,19 +18,10 @@ import shutil
 import numpy as np
 from PIL import Image
 
+from common.fields import red_field
+
 DEMO = dict(rows=78, cols=160, train=48, val=8, test=8, quality=10, depth=1, seed=0)
 DEMO_COMPLETE = ".complete-demo"
-
-
-def red_field(rng, rows, cols, slope=3.5):
-    """A zero-mean, unit-variance random field with power spectrum ~ k^-slope."""
-    ky = np.fft.fftfreq(rows)[:, None]
-    kx = np.fft.rfftfreq(cols)[None, :]
-    k = np.sqrt(kx ** 2 + ky ** 2)
-    amplitude = np.where(k > 0, np.maximum(k, 1.0 / max(rows, cols)) ** (-slope / 2), 0.0)
-    noise = rng.normal(size=(rows, cols // 2 + 1)) + 1j * rng.normal(size=(rows, cols // 2 + 1))
-    field = np.fft.irfft2(noise * amplitude, s=(rows, cols))
-    return (field - field.mean()) / field.std()
 
 
 def climate_image(rng, rows, cols, depth=1):
