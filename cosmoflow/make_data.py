@@ -21,11 +21,12 @@ raw -> <out>/{train,validation}/univ_<i>.h5 where --size is the universe edge.
 """
 import argparse
 import os
-import shutil
 
 import h5py
 import numpy as np
 import yaml
+
+from common.demo import write_once
 
 PARAM_CENTRE = np.array([0.30, 0.80, 0.95, 70.0])
 PARAM_HALF_RANGE = np.array([0.05, 0.10, 0.15, 10.0])
@@ -168,23 +169,19 @@ def write_raw(out, size, train, val, test=0, seed=0):
                 f["full"], f["unitPar"] = counts, unit_par
 
 
-DEMO_COMPLETE = ".complete-demo"
-
-
 def write_demo(out):
     """The data configs/demo.yaml reads: 256 + 64 cubes of 32^3 in <out>/full, 16^3 copies in
     <out>/coarse. Skipped when a previous call completed."""
+    write_once(out, _write_demo)
+
+
+def _write_demo(out):
     from cosmoflow.coarsen import coarsen_tfrecord_dataset
 
-    if os.path.exists(os.path.join(out, DEMO_COMPLETE)):
-        print(f"demo data already in {out}")
-        return
-    shutil.rmtree(out, ignore_errors=True)
     print(f"writing synthetic 32^3 cubes (MLPerf TFRecord) to {out}/full")
     write_tfrecord(os.path.join(out, "full"), size=32, train=256, val=64, seed=0)
     print(f"coarsening them to 16^3 in {out}/coarse")
     coarsen_tfrecord_dataset(os.path.join(out, "full"), os.path.join(out, "coarse"))
-    open(os.path.join(out, DEMO_COMPLETE), "w").close()
 
 
 def parse_args(argv=None):

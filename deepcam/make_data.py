@@ -12,11 +12,11 @@ Writes <out>/{train,validation,test}/data-NNNNN.h5 and <out>/stats.h5 from the t
 """
 import argparse
 import os
-import shutil
 
 import h5py
 import numpy as np
 
+from common.demo import write_once
 from common.fields import red_field
 from deepcam import stats
 
@@ -26,7 +26,6 @@ BACKGROUND = [(25, 10), (0, 8), (0, 8), (0, 6), (0, 6), (0.01, 0.004), (1.0e5, 8
               (1.2e4, 200), (60, 20)]
 TMQ, U850, V850, UBOT, VBOT, PS, PSL, PRECT = 0, 1, 2, 3, 4, 6, 7, 10
 DEMO = dict(rows=96, cols=144, train=64, val=16, test=0, seed=0)
-DEMO_COMPLETE = ".complete-demo"
 
 
 def sample(rng, rows, cols):
@@ -102,18 +101,17 @@ def write_dataset(out, rows, cols, train, val, test=0, seed=0, int_labels=False)
 
 def write_demo(out):
     """The data configs/demo.yaml reads: <out>/full (96x144) and <out>/coarse (48x72 data,
-    labels kept at 96x144)."""
+    labels kept at 96x144); skipped when a previous call completed."""
+    write_once(out, _write_demo)
+
+
+def _write_demo(out):
     from deepcam.coarsen import coarsen_dataset
 
-    if os.path.exists(os.path.join(out, DEMO_COMPLETE)):
-        print(f"demo data already in {out}")
-        return
-    shutil.rmtree(out, ignore_errors=True)
     print(f"writing synthetic {DEMO['cols']}x{DEMO['rows']} climate samples to {out}/full")
     write_dataset(os.path.join(out, "full"), **DEMO)
     print(f"coarsening them to {out}/coarse (labels kept at full resolution)")
     coarsen_dataset(os.path.join(out, "full"), os.path.join(out, "coarse"), labels="full")
-    open(os.path.join(out, DEMO_COMPLETE), "w").close()
 
 
 def main(argv=None):

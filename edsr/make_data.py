@@ -13,15 +13,14 @@ train/ and test/.
 import argparse
 import io
 import os
-import shutil
 
 import numpy as np
 from PIL import Image
 
+from common.demo import write_once
 from common.fields import red_field
 
 DEMO = dict(rows=78, cols=160, train=48, val=8, test=8, quality=10, depth=1, seed=0)
-DEMO_COMPLETE = ".complete-demo"
 
 
 def climate_image(rng, rows, cols, depth=1):
@@ -71,13 +70,8 @@ def write_dataset(out, rows, cols, train, val, test, quality=10, depth=1, seed=0
 
 def write_demo(out):
     """The data configs/demo.yaml reads; skipped when a previous call completed."""
-    if os.path.exists(os.path.join(out, DEMO_COMPLETE)):
-        print(f"demo data already in {out}")
-        return
-    shutil.rmtree(out, ignore_errors=True)
-    print(f"writing synthetic {DEMO['cols']}x{DEMO['rows']} image pairs to {out}")
-    write_dataset(out, **DEMO)
-    open(os.path.join(out, DEMO_COMPLETE), "w").close()
+    print(f"synthetic {DEMO['cols']}x{DEMO['rows']} image pairs in {out}")
+    write_once(out, lambda path: write_dataset(path, **DEMO))
 
 
 def main(argv=None):
