@@ -30,7 +30,8 @@ fi
 PY="$VENV/bin/python"
 
 stamp="$VENV/.requirements.sha"
-want="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+# Reinstalled when the pins or the package list (pyproject.toml) change.
+want="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing requirements.txt"
   pip_install --upgrade pip wheel "setuptools<70"
