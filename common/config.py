@@ -99,6 +99,7 @@ COMMON_DEFAULTS = {
         # what a coarse stage contributes, measured at full resolution. Costs one extra
         # validation pass per earlier-stage epoch.
         "final_val": False,
+        "tensorboard": False,  # rank 0 writes <output_dir>/tensorboard/ event files
     },
     "stages": [],
 }

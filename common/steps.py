@@ -20,8 +20,7 @@ def make_train_step(model, optimizer, loss_fn, world):
             pred = model(x, training=True)
             loss = weighted_mean(loss_fn(y, tf.cast(pred, tf.float32)), w)
             total = loss + tf.add_n(model.losses) if model.losses else loss
-        tape = world.distributed_tape(tape)
-        grads = tape.gradient(total, model.trainable_variables)
+        grads = world.average_gradients(tape.gradient(total, model.trainable_variables))
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return world.allreduce_mean_tensor(loss)
 

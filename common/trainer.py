@@ -19,6 +19,7 @@ from common.multires import (EarlyStopping, FinalStageProbe, describe_target, pl
 from common.optimizers import make_optimizer
 from common.steps import draws_random_numbers, make_eval_step, make_train_step
 from common.summary import run_summary, summary_lines
+from common.tensorboard import TensorBoardLog
 
 
 class NonFiniteLoss(RuntimeError):
@@ -33,7 +34,8 @@ class Task:
     loss: Callable             # (y, pred) -> per-sample loss
     metrics: dict              # name -> (y, pred) -> per-sample value, reported as val_<name>
     # (model, stage, epoch, output_dir), called on rank 0 after each validation: pictures people
-    # look at (predicted masks, restored images). Must not run collectives.
+    # look at (predicted masks, restored images); returns the PNG's path (TensorBoard shows it)
+    # or None. Must not run collectives.
     on_validation: Optional[Callable] = None
     maximize: tuple = ()       # metric names where higher is better (IoU, PSNR); others: lower
     make_test_data: Optional[Callable] = None  # (stage, local_batch, world) -> ShardedDataset
@@ -58,6 +60,8 @@ class Trainer:
         fmt = cfg["log"]["metrics_format"]
         self.metrics_log = MetricsLog(os.path.join(self.out, f"metrics.{fmt}"), fmt)
         self.history = []
+        self.tensorboard = (TensorBoardLog(os.path.join(self.out, "tensorboard"), self.stages)
+                            if cfg["log"]["tensorboard"] and world.is_root else None)
         self.model = None  # the last stage's model once fit() returns
         self._check_metric_names()
 
@@ -266,7 +270,9 @@ class Trainer:
             self._t0 += time.perf_counter() - t_probe
         record["elapsed_s"] = time.perf_counter() - self._t0  # since the run began
         if self.world.is_root and self.task.on_validation is not None:
-            self.task.on_validation(model, stage, epoch, self.out)
+            png = self.task.on_validation(model, stage, epoch, self.out)
+            if png and self.tensorboard:
+                self.tensorboard.image(stage, epoch, png)
         record["lr"] = float(optimizer.learning_rate)  # the LR of the epoch's last step
         return record
 
@@ -324,6 +330,8 @@ class Trainer:
         if self.world.is_root:
             self.store.save(model, optimizer, ckpt_state)  # checkpoint first: resume trims logs
             self.metrics_log.append(record)
+            if self.tensorboard:
+                self.tensorboard.scalars(record)
         shown = " ".join(f"{k} {v:.4g}" for k, v in record.items()
                          if isinstance(v, float) and k not in ("epoch_s", "elapsed_s"))
         self.log.info(f"{record['stage_name']} epoch {record['epoch'] + 1}: {shown}")

@@ -57,8 +57,9 @@ def preview(cfg):
             val = data.split_dataset(stage.data, "validation", count, limit=count)
             x, y, _ = next(iter(val.epoch(0)))
             samples[stage.index] = (x.numpy(), y.numpy())
-        write_masks(model, *samples[stage.index],
-                    os.path.join(out, "images", f"{stage.name}-epoch{epoch + 1:04d}.png"))
+        path = os.path.join(out, "images", f"{stage.name}-epoch{epoch + 1:04d}.png")
+        write_masks(model, *samples[stage.index], path)
+        return path
     return write
 
 

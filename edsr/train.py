@@ -64,7 +64,9 @@ def preview(cfg):
             ids = data.split_ids(stage.data["root"], split)[:count]
             images[split] = data.load_pairs(stage.data, split, ids)
         name = "test.png" if epoch == "test" else f"{stage.name}-epoch{epoch + 1:04d}.png"
-        write_strip(model, *images[split], os.path.join(out, "images", name))
+        path = os.path.join(out, "images", name)
+        write_strip(model, *images[split], path)
+        return path
     return write
 
 

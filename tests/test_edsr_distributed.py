@@ -22,7 +22,7 @@ def config(tmp_path, root, **data):
         "model": {"layers": 2, "filters": 16},
         "train": {"local_batch": 8, "optimizer": "adam",
                   "lr": {"base": 0.001, "base_batch": 16, "decay": "cosine"}},
-        "log": {"progress": False},
+        "log": {"progress": False, "tensorboard": True},
         "stages": [{"name": "small", "data": {"crop": 8}, "train": {"epochs": 2}},
                    {"name": "large", "data": {"crop": 16}, "train": {"epochs": 3}}]})
 
@@ -34,6 +34,30 @@ def jpeg_psnr(root, split):
         lr = np.asarray(Image.open(root / split / "LR" / hr_path.name), np.float64)
         values.append(10 * np.log10(255 ** 2 / np.mean((hr - lr) ** 2)))
     return float(np.mean(values))
+
+
+def check_tensorboard(out, records):
+    """Rank 0 alone wrote one event file holding every record's numbers at the epoch's step in
+    the plan, and the PNG strips of both stages."""
+    import tensorflow as tf
+
+    files = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(files) == 1, files
+    scalars, images = {}, set()
+    for event in tf.compat.v1.train.summary_iterator(str(files[0])):
+        for value in event.summary.value:
+            if value.tag.startswith("images/"):
+                images.add((value.tag, event.step))
+            else:
+                scalars[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+    plan_step = {(0, 0): 0, (0, 1): 1, (1, 0): 2, (1, 1): 3, (1, 2): 4}
+    for record in records:
+        step = plan_step[(record["stage"], record["epoch"])]
+        for tag in ("train_loss", "val_loss", "val_psnr", "val_psnr_jpeg", "val_ssim", "lr",
+                    "samples_per_s"):
+            assert scalars[(tag, step)] == pytest.approx(record[tag], rel=1e-5), tag
+    assert images == {("images/small", 0), ("images/small", 1), ("images/large", 2),
+                      ("images/large", 3), ("images/large", 4)}
 
 
 def test_two_ranks_agree_beat_the_jpeg_input_and_test_the_checkpoint(tmp_path):
@@ -53,6 +77,7 @@ def test_two_ranks_agree_beat_the_jpeg_input_and_test_the_checkpoint(tmp_path):
     assert records[-1]["val_psnr_jpeg"] == pytest.approx(baseline, abs=1e-3)
     assert records[-1]["val_psnr"] > baseline + 0.1, (records[-1]["val_psnr"], baseline)
     assert (tmp_path / "out" / "images" / "large-epoch0003.png").exists()
+    check_tensorboard(tmp_path / "out", records)
 
     tested = run_ranks(2, [TRAIN, "--config", cfg, "--test"])
     assert tested.returncode == 0, tested.stdout[-3000:]
