@@ -94,6 +94,10 @@ COMMON_DEFAULTS = {
     "log": {
         "metrics_format": Choice("jsonl", "csv"),
         "progress": True,
+        # Read the training loss back from the device every N steps (and at epoch end): each
+        # read waits for the step, so reading every step stalls a GPU. A non-finite loss is
+        # then caught at most N-1 steps late, before any checkpoint is written.
+        "every_steps": Range(10, low=1),
         "checkpoint_keep": Range(2, low=1),
         # Score earlier stages' models on the last stage's validation data too (final_val_*):
         # what a coarse stage contributes, measured at full resolution. Costs one extra

@@ -277,25 +277,24 @@ class Trainer:
         return record
 
     def _train_epoch(self, stage, setup, epoch, train_step):
+        """Losses stay on the device and are read back every log.every_steps steps (and after
+        the first step, which times the trace, and at epoch end): a read is a sync that would
+        stall a GPU's queue every step. The loss is averaged over ranks inside the step, so all
+        ranks read the same values and stop together on a non-finite one."""
         steps = setup.train_data.steps_per_epoch
         bar = tqdm(total=steps, desc=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
                    disable=not (self.world.is_root and self.cfg["log"]["progress"] and
                                 sys.stderr.isatty()),
                    mininterval=1.0, leave=False)
-        losses, t_first = [], None
+        every = self.cfg["log"]["every_steps"]
+        losses, pending, t_first = [], [], None
         t_start = time.perf_counter()
         for x, y, w in setup.train_data.epoch(epoch):
-            loss = float(train_step(x, y, w))
-            if not math.isfinite(loss):
-                raise NonFiniteLoss(
-                    f"non-finite loss ({loss}) in stage '{stage.name}' epoch {epoch + 1} step "
-                    f"{len(losses) + 1}; stopping every rank. The last good checkpoint in "
-                    f"{self.store.directory} is kept: lower the LR or check the data, then "
-                    "--resume")
-            losses.append(loss)
-            t_first = t_first or time.perf_counter()  # after step 1: excludes tracing
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+            pending.append(train_step(x, y, w))
+            if len(pending) >= every or not losses:
+                self._read_losses(pending, losses, stage, epoch, bar)
+                t_first = t_first or time.perf_counter()  # after step 1: excludes tracing
+        self._read_losses(pending, losses, stage, epoch, bar)
         bar.close()
         elapsed = time.perf_counter() - t_start
         timed_steps, timed = (steps - 1, time.perf_counter() - t_first) if steps > 1 else (
@@ -304,6 +303,24 @@ class Trainer:
                 "train_loss": float(np.mean(losses)),
                 "samples_per_s": timed_steps * setup.global_batch / max(timed, 1e-9),
                 "step_ms": 1000.0 * timed / max(timed_steps, 1), "epoch_s": elapsed}
+
+    def _read_losses(self, pending, losses, stage, epoch, bar):
+        """Move the pending loss tensors to `losses`; the first non-finite one stops the run
+        (no checkpoint is written mid-epoch, so the last good one stays in charge)."""
+        if not pending:
+            return
+        values = [float(v) for v in tf.stack(pending).numpy()]
+        pending.clear()
+        for value in values:
+            if not math.isfinite(value):
+                raise NonFiniteLoss(
+                    f"non-finite loss ({value}) in stage '{stage.name}' epoch {epoch + 1} step "
+                    f"{len(losses) + 1}; stopping every rank. The last good checkpoint in "
+                    f"{self.store.directory} is kept: lower the LR or check the data, then "
+                    "--resume")
+            losses.append(value)
+        bar.update(len(values))
+        bar.set_postfix(loss=f"{values[-1]:.4g}", refresh=False)
 
     def _average_non_trainable(self, model):
         """Batch-norm statistics are updated per rank: average them so all ranks agree."""
