@@ -105,6 +105,13 @@ COMMON_DEFAULTS = {
         "final_val": False,
         "tensorboard": False,  # rank 0 writes <output_dir>/tensorboard/ event files
     },
+    # Horovod's own settings for this run (null: Horovod's default or the exported HOROVOD_*).
+    "horovod": {
+        "compression": Choice("none", "fp16"),  # gradients travel as float16, averaged in float32
+        "fusion_threshold_mb": Range(None, low=0.0, kind=float),  # HOROVOD_FUSION_THRESHOLD
+        "cycle_time_ms": Range(None, low=0.0, open_low=True, kind=float),  # HOROVOD_CYCLE_TIME
+        "timeline": "",  # Chrome-trace file of Horovod's collectives (under output_dir); "": off
+    },
     "stages": [],
 }
 

@@ -33,6 +33,7 @@ class World:
     local_rank: int = 0
     local_size: int = 1
     hvd: object = None  # the horovod.tensorflow module, or None for a world of one
+    compression: object = None  # a horovod Compression for the gradients (None: none)
 
     @property
     def is_root(self):
@@ -67,7 +68,9 @@ class World:
             return grads
         present = [i for i, grad in enumerate(grads) if grad is not None]
         reduced = self.hvd.grouped_allreduce([tf.convert_to_tensor(grads[i]) for i in present],
-                                             op=self.hvd.Average)
+                                             op=self.hvd.Average,
+                                             compression=self.compression or
+                                             self.hvd.Compression.none)
         averaged = list(grads)
         for i, grad in zip(present, reduced):
             averaged[i] = grad
@@ -86,8 +89,22 @@ def _pin_gpu(local_rank):
         tf.config.set_visible_devices(gpus[local_rank % len(gpus)], "GPU")
 
 
-def init_world():
-    """Initialise Horovod (if installed), pin one GPU per local rank, return the World."""
+def horovod_environment(hvd_cfg, output_dir):
+    """The HOROVOD_* variables that config section `horovod` sets; Horovod reads them at init."""
+    env = {}
+    if hvd_cfg.get("fusion_threshold_mb") is not None:
+        env["HOROVOD_FUSION_THRESHOLD"] = str(int(hvd_cfg["fusion_threshold_mb"] * 2**20))
+    if hvd_cfg.get("cycle_time_ms") is not None:
+        env["HOROVOD_CYCLE_TIME"] = f"{hvd_cfg['cycle_time_ms']:g}"
+    if hvd_cfg.get("timeline"):
+        env["HOROVOD_TIMELINE"] = os.path.join(output_dir, hvd_cfg["timeline"])
+    return env
+
+
+def init_world(hvd_cfg=None, output_dir="."):
+    """Initialise Horovod (if installed) with the config's `horovod` settings, pin one GPU per
+    local rank, return the World."""
+    hvd_cfg = hvd_cfg or {}
     try:
         import horovod.tensorflow as hvd
     except ImportError:
@@ -99,9 +116,14 @@ def init_world():
                 "(scripts/setup.sh) or launch a single process.") from None
         _pin_gpu(0)
         return World()
+    env = horovod_environment(hvd_cfg, output_dir)
+    if "HOROVOD_TIMELINE" in env:  # Horovod opens it at init, before rank 0 makes output_dir
+        os.makedirs(os.path.dirname(os.path.abspath(env["HOROVOD_TIMELINE"])), exist_ok=True)
+    os.environ.update(env)
     hvd.init()
     _pin_gpu(hvd.local_rank())
-    return World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), hvd)
+    compression = hvd.Compression.fp16 if hvd_cfg.get("compression") == "fp16" else None
+    return World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), hvd, compression)
 
 
 def abort_all(world, exc):

@@ -22,7 +22,7 @@ def run(app_defaults, make_task, description, argv=None):
     try:
         schema = merge_defaults(COMMON_DEFAULTS, app_defaults)
         cfg = load_config(schema, argv, description)
-        world = init_world()
+        world = init_world(cfg["horovod"], cfg["output_dir"])
         log = get_logger(world)
         tf.keras.utils.set_random_seed(cfg["seed"])  # identical initial weights on every rank
         if world.is_root and not cfg["test"]:  # --test leaves the training run's files alone

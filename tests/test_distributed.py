@@ -101,28 +101,38 @@ def test_two_ranks_agree_switch_stages_and_beat_the_mean(data, tmp_path):
 
 
 def test_gradient_averaging_matches_one_rank_with_the_double_batch(data, tmp_path):
+    """...and with the horovod section's knobs set, float16 gradients stay within float16's
+    rounding of it while differing from the float32 result, and rank 0 writes the timeline."""
     model = {"name": "mlperf", "head": "flatten", "width_scale": 0.125, "dropout": 0.0}
+    knobs = {"compression": "fp16", "fusion_threshold_mb": 1, "cycle_time_ms": 2,
+             "timeline": "timeline.json"}
     weights = []
-    for ranks in (1, 2):
-        out = tmp_path / f"r{ranks}"
-        cfg = write_config(tmp_path / f"r{ranks}.yaml", {
+    for ranks, name, horovod in ((1, "r1", {}), (2, "r2", {}), (2, "fp16", knobs)):
+        out = tmp_path / name
+        cfg = write_config(tmp_path / f"{name}.yaml", {
             "output_dir": str(out), "seed": 3, "model": model,
             "data": {"format": "tfrecord", "root": str(data / "full"), "resolution": 16,
                      "max_train": 8, "max_val": 4},
             "train": {"epochs": 2, "scaling": "strong", "global_batch": 8, "optimizer": "sgd",
                       "momentum": 0.0, "lr": {"base": 0.5, "base_batch": 8}},
-            "log": {"progress": False}})
+            "log": {"progress": False}, "horovod": horovod})
         result = run_ranks(ranks, [TRAIN, "--config", cfg])
         assert result.returncode == 0, result.stdout[-3000:]
         assert f"local batch {8 // ranks}, global batch 8" in result.stdout
         weights.append(checkpoint_weights(out, model, 16))
+    one_rank, two_ranks, fp16 = weights
     initial = build_model(model, (16, 16, 16, 4))
     moved = 0
-    for one, two in zip(*weights):
+    for one, two in zip(one_rank, two_ranks):
         np.testing.assert_allclose(one, two, rtol=1e-4, atol=1e-6)
         moved += int(not np.allclose(one, 0))
-    assert moved > 0 and len(weights[0]) == len(initial.get_weights())
-    assert any(not np.allclose(w, i) for w, i in zip(weights[0], initial.get_weights()))
+    assert moved > 0 and len(one_rank) == len(initial.get_weights())
+    assert any(not np.allclose(w, i) for w, i in zip(one_rank, initial.get_weights()))
+    for one, half in zip(one_rank, fp16):
+        np.testing.assert_allclose(one, half, rtol=2e-2, atol=2e-3)
+    assert any(not np.array_equal(two, half) for two, half in zip(two_ranks, fp16))
+    timeline = (tmp_path / "fp16" / "timeline.json").read_text()
+    assert "ALLREDUCE" in timeline.upper()
 
 
 def test_killed_mid_stage_then_resumed_ends_with_the_same_weights(data, tmp_path):
