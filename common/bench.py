@@ -74,8 +74,9 @@ def load_config(app_defaults, config, sets=()):
 
 
 def training(task, stage, world, batch_source):
-    """fn(n): n training steps as the Trainer runs them (loss read back every step) on batches
-    drawn from `batch_source()` (a fixed in-memory batch or the next batch from files)."""
+    """fn(n): n training steps as the Trainer runs them with log.every_steps 1 (the loss read
+    back after every step) on batches drawn from `batch_source()` (a fixed in-memory batch or
+    the next batch from files)."""
     model = task.build_model(stage)
     step = make_train_step(model, make_optimizer(stage.train, stage.train["lr"]["base"]),
                            task.loss, world)

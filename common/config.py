@@ -64,6 +64,12 @@ COMMON_DEFAULTS = {
     "output_dir": "runs/out",
     "resume": False,
     "test": False,  # evaluate the latest checkpoint on the test split instead of training
+    "data": {
+        # global: each epoch deals a fresh permutation of all training samples to the ranks.
+        # local: each rank keeps a fixed shard (fixed by the seed) and reshuffles within it, so
+        # a node reads only its own files (what staging to node-local storage needs).
+        "shuffle": Choice("global", "local"),
+    },
     "train": {
         "epochs": Range(10, low=1),
         "local_batch": Range(8, low=1),

@@ -16,12 +16,14 @@ class ShardedDataset:
 
     Training: the key order is reshuffled per epoch from (seed, epoch), identically on every rank,
     then dealt round-robin; each rank takes `steps_per_epoch` full batches, so a few samples may be
-    left out of an epoch but never the same ones twice in a row. Evaluation: every sample is seen
+    left out of an epoch but never the same ones twice in a row. With shuffle="local" each rank
+    keeps one fixed shard (dealt once from the seed) and reshuffles only within it. Evaluation:
+    every sample is seen
     once; shorter shards are padded with weight-0 copies so all ranks run the same batch count.
     """
 
     def __init__(self, keys, load_fn, local_batch, rank=0, size=1, training=True, seed=0,
-                 name="dataset", seeded_load=False):
+                 name="dataset", seeded_load=False, shuffle="global"):
         self.keys = np.asarray(keys)
         # seeded_load: load_fn(key, seed) also gets an int64 [2] seed unique to (seed, epoch,
         # key), for random crops that replay identically after a resume and at any rank count.
@@ -31,6 +33,9 @@ class ShardedDataset:
         self.training = training
         self.seed = seed
         self.name = name
+        if shuffle not in ("global", "local"):
+            raise ValueError(f"{name}: shuffle must be 'global' or 'local', got {shuffle!r}")
+        self.shuffle = shuffle
         if len(self.keys) == 0:
             raise ValueError(f"{name}: no samples")
         if training and self.steps_per_epoch == 0:
@@ -55,9 +60,14 @@ class ShardedDataset:
         """(keys, weights) this rank reads in `epoch`, in order."""
         n = len(self.keys)
         if self.training:
-            order = np.random.default_rng([self.seed, epoch]).permutation(n)
-            mine = order[self.rank::self.size][: self.steps_per_epoch * self.local_batch]
-            return self.keys[mine], np.ones(len(mine), np.float32)
+            take = self.steps_per_epoch * self.local_batch
+            if self.shuffle == "local":  # a fixed shard, in a new order each epoch
+                shard = np.random.default_rng([self.seed]).permutation(n)[self.rank::self.size]
+                mine = np.random.default_rng([self.seed, epoch, self.rank]).permutation(shard)
+            else:
+                order = np.random.default_rng([self.seed, epoch]).permutation(n)
+                mine = order[self.rank::self.size]
+            return self.keys[mine[:take]], np.ones(take, np.float32)
         mine = np.arange(n)[self.rank::self.size]
         pad = self._padded_shard_len() - len(mine)
         weights = np.concatenate([np.ones(len(mine)), np.zeros(pad)]).astype(np.float32)

@@ -47,7 +47,8 @@ def make_datasets(data_cfg, local_batch, rank=0, size=1, seed=0):
         keys, load = readers[data_cfg["format"]](data_cfg, split, limit)
         datasets.append(ShardedDataset(
             keys, to_model_input(load, data_cfg), local_batch, rank, size,
-            training=split == "train", seed=seed, name=f"cosmoflow {split}"))
+            training=split == "train", seed=seed, name=f"cosmoflow {split}",
+            shuffle=data_cfg.get("shuffle", "global")))
     return tuple(datasets)
 
 

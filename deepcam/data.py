@@ -35,7 +35,7 @@ def split_dataset(data_cfg, split, local_batch, rank=0, size=1, seed=0, limit=No
     keys, load, label_shape = READERS[data_cfg["format"]](data_cfg, split, limit)
     return ShardedDataset(keys, normalised(load, data_cfg, split, label_shape), local_batch,
                           rank, size, training=split == "train", seed=seed,
-                          name=f"deepcam {split}")
+                          name=f"deepcam {split}", shuffle=data_cfg.get("shuffle", "global"))
 
 
 def split_folder(root, split):

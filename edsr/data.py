@@ -114,7 +114,7 @@ def make_datasets(data_cfg, local_batch, world, seed):
     train = ShardedDataset(np.arange(len(ids) * data_cfg["crops_per_image"]),
                            crop_loader(lr, hr, crop, data_cfg["crops_per_image"]), local_batch,
                            world.rank, world.size, training=True, seed=seed, name="edsr train",
-                           seeded_load=True)
+                           seeded_load=True, shuffle=data_cfg.get("shuffle", "global"))
     return train, full_images(data_cfg, "val", world, data_cfg["max_val"])
 
 

@@ -33,6 +33,25 @@ def test_training_shards_are_disjoint_even_and_reshuffled_per_epoch():
     assert not np.array_equal(first[0], np.concatenate([y for y, _ in other_epoch[0][1]]))
 
 
+def test_local_shuffle_keeps_each_ranks_shard_and_reorders_it_per_epoch():
+    """Local: a rank reads the same samples every epoch (its node's staged files), in a new
+    order; shards stay disjoint with equal steps. Global: a rank's samples change per epoch."""
+    def rank_keys(shuffle, rank, epoch, size=3):
+        ds = ShardedDataset(np.arange(24), load, 2, rank, size, True, seed=5, shuffle=shuffle)
+        return ds.steps_per_epoch, ds.shard_keys(epoch)[0]
+
+    for rank in range(3):
+        (steps, first), (_, second) = rank_keys("local", rank, 0), rank_keys("local", rank, 1)
+        assert steps == 4 and len(first) == 8
+        assert set(first) == set(second) and not np.array_equal(first, second)
+    union = np.concatenate([rank_keys("local", r, 0)[1] for r in range(3)])
+    assert sorted(union) == list(range(24))
+    assert any(set(rank_keys("global", r, 0)[1]) != set(rank_keys("global", r, 1)[1])
+               for r in range(3))
+    with pytest.raises(ValueError, match="shuffle must be 'global' or 'local'"):
+        ShardedDataset(np.arange(4), load, 2, shuffle="node")
+
+
 def test_validation_sees_every_sample_once_with_padding_weighted_zero():
     per_rank = shards(n=7, size=2, batch=3, training=False)
     assert {s for s, _ in per_rank} == {2}
