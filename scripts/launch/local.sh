@@ -7,6 +7,7 @@
 # The app is the folder holding CONFIG's configs/ (cosmoflow/configs/demo.yaml -> cosmoflow);
 # set APP for a config kept elsewhere. Paths in the arguments are relative to the current folder.
 # Unlike the batch scripts this does not add --resume: pass it to continue a run.
+# DRY_RUN=1 prints the launch line instead of running it.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -20,6 +21,10 @@ fi
 RANKS="$1"
 CONFIG="$2"
 shift 2
+if [ ! -f "$CONFIG" ]; then
+  echo "error: config $CONFIG not found" >&2
+  exit 2
+fi
 case "$CONFIG" in
   */configs/*) APP="${APP:-$(basename "${CONFIG%%/configs/*}")}" ;;
   *) APP="${APP:-cosmoflow}" ;;
@@ -39,8 +44,14 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( CORES > RANKS ? CORES / RANKS : 1
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"   # `common` without a pip install
 
+# shellcheck disable=SC2086  # unquoted: an empty $OVERSUBSCRIBE must vanish
+set -- "$MPIEXEC" -n "$RANKS" $OVERSUBSCRIBE python "$ROOT/$APP/train.py" --config "$CONFIG" "$@"
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  printf '%q ' "$@" | sed 's/ $//'
+  echo
+  exit 0
+fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 set -x
-# shellcheck disable=SC2086  # unquoted: an empty $OVERSUBSCRIBE must vanish
-exec "$MPIEXEC" -n "$RANKS" $OVERSUBSCRIBE python "$ROOT/$APP/train.py" --config "$CONFIG" "$@"
+exec "$@"
