@@ -110,6 +110,13 @@ COMMON_DEFAULTS = {
         # validation pass per earlier-stage epoch.
         "final_val": False,
         "tensorboard": False,  # rank 0 writes <output_dir>/tensorboard/ event files
+        "mlperf": {  # rank 0 writes <output_dir>/mlperf.log in the MLPerf HPC format
+            "enabled": False,
+            "org": "unknown",
+            "platform": "unknown",
+            "division": Choice("closed", "open"),
+            "status": Choice("research", "onprem", "cloud", "preview"),
+        },
     },
     # Horovod's own settings for this run (null: Horovod's default or the exported HOROVOD_*).
     "horovod": {

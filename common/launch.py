@@ -31,7 +31,7 @@ def run(app_defaults, make_task, description, argv=None):
             with open(os.path.join(cfg["output_dir"], "run.json"), "w") as f:
                 json.dump(run_record(world, [sys.executable, *sys.argv]), f, indent=1)
         log.info(f"{description}: {world.size} rank(s), output in {cfg['output_dir']}")
-        trainer = Trainer(cfg, make_task(cfg), world, log)
+        trainer = Trainer(cfg, make_task(cfg), world, log, name=description.lower())
         if cfg["test"]:
             return trainer.test()
         history = trainer.fit()

@@ -19,6 +19,7 @@ from common.multires import (EarlyStopping, FinalStageProbe, describe_target, pl
 from common.optimizers import make_optimizer
 from common.steps import draws_random_numbers, make_eval_step, make_train_step
 from common.summary import run_summary, summary_lines
+from common.mlperf_log import MLPerfLog
 from common.tensorboard import TensorBoardLog
 
 
@@ -51,7 +52,7 @@ class StageSetup:
 
 
 class Trainer:
-    def __init__(self, cfg, task, world, logger):
+    def __init__(self, cfg, task, world, logger, name="train"):
         self.cfg, self.task, self.world, self.log = cfg, task, world, logger
         self.out = cfg["output_dir"]
         self.stages = plan_stages(cfg)
@@ -62,6 +63,8 @@ class Trainer:
         self.history = []
         self.tensorboard = (TensorBoardLog(os.path.join(self.out, "tensorboard"), self.stages)
                             if cfg["log"]["tensorboard"] and world.is_root else None)
+        self.mlperf = (MLPerfLog(cfg, world, name, self.stages)
+                       if cfg["log"]["mlperf"]["enabled"] and world.is_root else None)
         self.model = None  # the last stage's model once fit() returns
         self._check_metric_names()
 
@@ -82,12 +85,15 @@ class Trainer:
             self._t0 -= resume.get("elapsed_s", 0.0)
         setups = [self._setup(stage) for stage in self.stages]  # validates all data up front
         self.probe = self._final_stage_probe(setups[-1])
+        if self.mlperf:
+            self.mlperf.settings(self.stages[0], setups[0], setups[-1].train_data.num_samples,
+                                 setups[-1].val_data.num_samples)
         if resume and resume.get("run_done"):
             self.log.info(f"the run already finished at stage {resume['stage']} epoch "
                           f"{resume['epoch'] + 1}: {resume.get('done_reason', 'target reached')}"
                           "; nothing to do")
             return self.history
-        model = None
+        model, finished_run = None, False
         for stage, setup in zip(self.stages, setups):
             if resume and stage.index < resume["stage"]:
                 continue
@@ -95,6 +101,8 @@ class Trainer:
             model, finished_run = self._run_stage(stage, setup, model, state)
             if finished_run:
                 break
+        if self.mlperf:
+            self.mlperf.run_stop(success=finished_run)
         self.model = model
         self._write_summary()
         return self.history
@@ -261,6 +269,8 @@ class Trainer:
 
     def _epoch(self, stage, setup, epoch, model, optimizer, train_step, eval_step):
         """Train one epoch, then validate; returns the epoch's record."""
+        if self.mlperf:
+            self.mlperf.epoch_start(stage.index, epoch)
         record = self._train_epoch(stage, setup, epoch, train_step)
         self._average_non_trainable(model)
         record.update(self._evaluate(setup.val_data, eval_step))
@@ -349,6 +359,8 @@ class Trainer:
             self.metrics_log.append(record)
             if self.tensorboard:
                 self.tensorboard.scalars(record)
+            if self.mlperf:
+                self.mlperf.epoch_end(record)
         shown = " ".join(f"{k} {v:.4g}" for k, v in record.items()
                          if isinstance(v, float) and k not in ("epoch_s", "elapsed_s"))
         self.log.info(f"{record['stage_name']} epoch {record['epoch'] + 1}: {shown}")
