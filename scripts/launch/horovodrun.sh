@@ -13,21 +13,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 HOSTS="${HOSTS:-}"
 
-if [ $# -lt 2 ] || ! [[ "$1" =~ ^[1-9][0-9]*$ ]]; then
-  echo "usage: $0 N CONFIG [train.py options]" >&2
-  exit 2
-fi
-RANKS="$1"
-CONFIG="$2"
-shift 2
-if [ ! -f "$CONFIG" ]; then
-  echo "error: config $CONFIG not found" >&2
-  exit 2
-fi
-case "$CONFIG" in
-  */configs/*) APP="${APP:-$(basename "${CONFIG%%/configs/*}")}" ;;
-  *) APP="${APP:-cosmoflow}" ;;
-esac
+# shellcheck source=single_job_args.sh
+source "$ROOT/scripts/launch/single_job_args.sh"  # RANKS, CONFIG, APP; "$@": train.py options
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
