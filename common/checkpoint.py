@@ -11,6 +11,8 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from common.optimizers import unwrapped
+
 LATEST = "latest.json"
 
 
@@ -39,7 +41,8 @@ class CheckpointStore:
         os.makedirs(self.directory, exist_ok=True)
         name = f"stage{state['stage']}-epoch{state['epoch']:04d}"
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=self.directory)
-        tf.train.Checkpoint(model=model, optimizer=optimizer).write(os.path.join(tmp, "ckpt"))
+        ckpt = tf.train.Checkpoint(model=model, optimizer=unwrapped(optimizer))
+        ckpt.write(os.path.join(tmp, "ckpt"))
         with open(os.path.join(tmp, "state.json"), "w") as f:
             f.write(text)
         final = os.path.join(self.directory, name)
@@ -51,7 +54,7 @@ class CheckpointStore:
         return final
 
     def restore(self, model, optimizer, state):
-        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        ckpt = tf.train.Checkpoint(model=model, optimizer=unwrapped(optimizer))
         ckpt.read(os.path.join(state["path"], "ckpt")).assert_existing_objects_matched()
 
     def _prune(self, keep_name):

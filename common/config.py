@@ -96,6 +96,11 @@ COMMON_DEFAULTS = {
                        "min_delta": Range(0.0, low=0.0), "mode": Choice("min", "max")},
         "target": {"metric": "val_loss", "value": Range(None, kind=float),
                    "mode": Choice("min", "max")},
+        # Layers compute in float16/bfloat16 with float32 weights; float16 adds dynamic loss
+        # scaling. Checkpoints hold float32 weights whatever the precision.
+        "precision": Choice("float32", "mixed_float16", "mixed_bfloat16"),
+        "jit_compile": False,  # XLA-compile forward + backward (Horovod's allreduce stays outside)
+        "steps_per_call": Range(1, low=1),  # training steps per compiled call (small networks)
     },
     "log": {
         "metrics_format": Choice("jsonl", "csv"),

@@ -25,6 +25,20 @@ def make_optimizer(train_cfg, schedule):
     raise ValueError(f"config key 'train.optimizer': unknown optimizer {name!r}")
 
 
+def with_loss_scaling(optimizer, precision):
+    """float16 gradients underflow without loss scaling: wrap `optimizer` in Keras' dynamic
+    LossScaleOptimizer for mixed_float16 (bfloat16 has float32's range and needs none)."""
+    if precision != "mixed_float16":
+        return optimizer
+    return tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+
+
+def unwrapped(optimizer):
+    """The optimizer holding the slots: what a checkpoint stores, so that checkpoints load
+    across precisions (the loss scale is not kept; it re-grows within a few hundred steps)."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
 class Lamb(tf.keras.optimizers.Optimizer):
     """Adam's direction plus decoupled weight decay, scaled per variable by the trust ratio
     ||w|| / ||update||, so that every layer moves by a similar fraction of its norm whatever the

@@ -10,21 +10,68 @@ def weighted_mean(per_sample, weights):
     return tf.reduce_sum(per_sample * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
 
-def make_train_step(model, optimizer, loss_fn, world):
+def make_train_step(model, optimizer, loss_fn, world, jit_compile=False):
     """tf.function: forward, Horovod-averaged gradients, update; returns the loss averaged over
-    ranks, so every rank sees the same value and a non-finite loss stops all of them together."""
+    ranks, so every rank sees the same value and a non-finite loss stops all of them together.
 
-    @tf.function(reduce_retracing=True)
-    def train_step(x, y, w):
+    With a LossScaleOptimizer (mixed_float16) the loss is scaled before the backward pass and the
+    gradients are unscaled once, after averaging: every rank then holds the same gradients, so an
+    overflow skips the step (and lowers the scale) on every rank alike. With `jit_compile`, XLA
+    compiles forward + backward; Horovod's allreduce and the update stay outside the cluster."""
+    scaler = optimizer if isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer) \
+        else None
+
+    def loss_and_gradients(x, y, w):
         with tf.GradientTape() as tape:
             pred = model(x, training=True)
             loss = weighted_mean(loss_fn(y, tf.cast(pred, tf.float32)), w)
             total = loss + tf.add_n(model.losses) if model.losses else loss
-        grads = world.average_gradients(tape.gradient(total, model.trainable_variables))
+            if scaler is not None:
+                total = scaler.get_scaled_loss(total)
+        return loss, tape.gradient(total, model.trainable_variables)
+
+    if jit_compile:
+        loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True,
+                                         reduce_retracing=True)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(x, y, w):
+        loss, grads = loss_and_gradients(x, y, w)
+        grads = world.average_gradients(grads)
+        if scaler is not None:
+            grads = scaler.get_unscaled_gradients(grads)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return world.allreduce_mean_tensor(loss)
 
     return train_step
+
+
+class StepRunner:
+    """Runs an epoch's training steps and yields each call's losses as a vector: one step per
+    call, or up to `steps_per_call` steps in one compiled loop (like Keras' steps_per_execution)
+    for small networks whose step is shorter than the Python dispatch around it."""
+
+    def __init__(self, train_step, steps_per_call=1):
+        self.train_step, self.steps_per_call = train_step, steps_per_call
+
+        @tf.function
+        def multi_step(iterator, n):  # n is a tensor: the epoch's shorter last call reuses it
+            losses = tf.TensorArray(tf.float32, size=n)
+            for i in tf.range(n):
+                x, y, w = next(iterator)
+                losses = losses.write(i, train_step(x, y, w))
+            return losses.stack()
+
+        self.multi_step = multi_step
+
+    def epoch(self, dataset, steps):
+        if self.steps_per_call == 1:
+            for x, y, w in dataset:
+                yield tf.expand_dims(self.train_step(x, y, w), 0)
+            return
+        iterator = iter(dataset)
+        for done in range(0, steps, self.steps_per_call):
+            yield self.multi_step(iterator, tf.constant(min(self.steps_per_call, steps - done)))
 
 
 def make_eval_step(model, loss_fn, metric_fns):

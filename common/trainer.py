@@ -16,8 +16,8 @@ from common.checkpoint import CheckpointStore
 from common.logs import MetricsLog
 from common.multires import (EarlyStopping, FinalStageProbe, describe_target, plan_stages,
                              reached, transfer_weights)
-from common.optimizers import make_optimizer
-from common.steps import draws_random_numbers, make_eval_step, make_train_step
+from common.optimizers import make_optimizer, with_loss_scaling
+from common.steps import StepRunner, draws_random_numbers, make_eval_step, make_train_step
 from common.summary import run_summary, summary_lines
 from common.mlperf_log import MLPerfLog
 from common.tensorboard import TensorBoardLog
@@ -67,6 +67,7 @@ class Trainer:
                        if cfg["log"]["mlperf"]["enabled"] and world.is_root else None)
         self.model = None  # the last stage's model once fit() returns
         self._check_metric_names()
+        self._check_compilation()
 
     def _check_metric_names(self):
         known = ["train_loss", "val_loss"] + [f"val_{name}" for name in self.task.metrics]
@@ -76,6 +77,18 @@ class Trainer:
                 if metric not in known:
                     raise ValueError(f"config key 'train.{section}.metric': unknown metric "
                                      f"{metric!r} (choose from {', '.join(known)})")
+
+    def _check_compilation(self):
+        """XLA's CPU compiler (TensorFlow 2.15) rejects mixed-precision convolution gradients
+        ("Seen floating point types of different precisions"): say so before any work."""
+        if tf.config.list_logical_devices("GPU"):
+            return
+        for stage in self.stages:
+            if stage.train["jit_compile"] and stage.train["precision"] != "float32":
+                raise ValueError(
+                    f"stage '{stage.name}': train.jit_compile with train.precision="
+                    f"{stage.train['precision']} needs a GPU (XLA on CPU cannot compile "
+                    "mixed-precision convolution gradients); turn one of them off")
 
     def fit(self):
         """Run every stage (or what is left of them after a resume); return the epoch records."""
@@ -115,7 +128,7 @@ class Trainer:
         if latest is None:
             raise FileNotFoundError(f"--test: no checkpoint in {self.store.directory}")
         stage = self.stages[latest["stage"]]
-        model = self.task.build_model(stage)
+        model = self._build_model(stage)
         tf.train.Checkpoint(model=model).read(
             os.path.join(latest["path"], "ckpt")).expect_partial()
         local, _ = lr_rules.batch_sizes(stage.train["scaling"], stage.train["local_batch"],
@@ -152,7 +165,7 @@ class Trainer:
         last = self.stages[-1]
 
         def build():
-            model = self.task.build_model(last)
+            model = self._build_model(last)
             step = make_eval_step(model, self.task.loss, list(self.task.metrics.values()))
             return model, lambda: self._evaluate(last_setup.val_data, step)
         return FinalStageProbe(build, self.log)
@@ -196,14 +209,20 @@ class Trainer:
             lr["warmup_epochs"], lr["decay"], lr["decay_epochs"], lr["decay_factors"],
             lr["min_lr"])
 
+    def _build_model(self, stage):
+        """The app's model for `stage`, its layers computing in the stage's precision."""
+        tf.keras.mixed_precision.set_global_policy(stage.train["precision"])
+        return self.task.build_model(stage)
+
     def _build(self, stage, setup, previous, state):
-        model = self.task.build_model(stage)
+        model = self._build_model(stage)
         if previous is not None and state is None:
             for line in transfer_weights(previous, model).lines():
                 self.log.info(line)
         schedule = self._schedule(stage, setup)
         optimizer = make_optimizer(stage.train, schedule)
         optimizer.build(model.trainable_variables)
+        optimizer = with_loss_scaling(optimizer, stage.train["precision"])
         if state is not None:
             self.store.restore(model, optimizer, state)
             self._continue_schedule(optimizer, schedule, setup, state)
@@ -243,13 +262,16 @@ class Trainer:
         # Keras' random layers keep their RNG state outside the checkpoint: with any of them, each
         # epoch restarts from a seed of (run, stage, epoch) in a fresh trace, so an epoch replays
         # identically after a resume. Other models trace once per stage.
-        fresh_trace_per_epoch, train_step = draws_random_numbers(model), None
+        fresh_trace_per_epoch, steps_runner = draws_random_numbers(model), None
         for epoch in range(state["epoch"] + 1 if state else 0, stage.epochs):
-            if fresh_trace_per_epoch or train_step is None:
+            if fresh_trace_per_epoch or steps_runner is None:
                 tf.random.set_seed(int(np.random.default_rng(
                     [self.cfg["seed"], stage.index, epoch]).integers(2**31)))
-                train_step = make_train_step(model, optimizer, self.task.loss, self.world)
-            record = self._epoch(stage, setup, epoch, model, optimizer, train_step, eval_step)
+                steps_runner = StepRunner(
+                    make_train_step(model, optimizer, self.task.loss, self.world,
+                                    stage.train["jit_compile"]),
+                    stage.train["steps_per_call"])
+            record = self._epoch(stage, setup, epoch, model, optimizer, steps_runner, eval_step)
             target_hit = reached(record.get(target["metric"]), target["value"], target["mode"])
             stop = early.update(record[es_cfg["metric"]]) or target_hit
             ckpt_state = {"stage": stage.index, "epoch": epoch, "stopped_early": stop,
@@ -267,11 +289,11 @@ class Trainer:
                 break
         return model, False
 
-    def _epoch(self, stage, setup, epoch, model, optimizer, train_step, eval_step):
+    def _epoch(self, stage, setup, epoch, model, optimizer, steps_runner, eval_step):
         """Train one epoch, then validate; returns the epoch's record."""
         if self.mlperf:
             self.mlperf.epoch_start(stage.index, epoch)
-        record = self._train_epoch(stage, setup, epoch, train_step)
+        record = self._train_epoch(stage, setup, epoch, steps_runner)
         self._average_non_trainable(model)
         record.update(self._evaluate(setup.val_data, eval_step))
         if self.probe is not None:  # a measurement, not training: kept out of elapsed_s
@@ -286,7 +308,7 @@ class Trainer:
         record["lr"] = float(optimizer.learning_rate)  # the LR of the epoch's last step
         return record
 
-    def _train_epoch(self, stage, setup, epoch, train_step):
+    def _train_epoch(self, stage, setup, epoch, steps_runner):
         """Losses stay on the device and are read back every log.every_steps steps (and after
         the first step, which times the trace, and at epoch end): a read is a sync that would
         stall a GPU's queue every step. The loss is averaged over ranks inside the step, so all
@@ -299,16 +321,17 @@ class Trainer:
         every = self.cfg["log"]["every_steps"]
         losses, pending, t_first = [], [], None
         t_start = time.perf_counter()
-        for x, y, w in setup.train_data.epoch(epoch):
-            pending.append(train_step(x, y, w))
-            if len(pending) >= every or not losses:
+        for step_losses in steps_runner.epoch(setup.train_data.epoch(epoch), steps):
+            pending.append(step_losses)
+            if sum(map(len, pending)) >= every or not losses:
                 self._read_losses(pending, losses, stage, epoch, bar)
-                t_first = t_first or time.perf_counter()  # after step 1: excludes tracing
+                t_first = t_first or time.perf_counter()  # after call 1: excludes tracing
         self._read_losses(pending, losses, stage, epoch, bar)
         bar.close()
         elapsed = time.perf_counter() - t_start
-        timed_steps, timed = (steps - 1, time.perf_counter() - t_first) if steps > 1 else (
-            steps, elapsed)
+        first_call = min(stage.train["steps_per_call"], steps)
+        timed_steps, timed = (steps - first_call, time.perf_counter() - t_first) \
+            if steps > first_call else (steps, elapsed)
         return {"stage": stage.index, "stage_name": stage.name, "epoch": epoch,
                 "train_loss": float(np.mean(losses)),
                 "samples_per_s": timed_steps * setup.global_batch / max(timed, 1e-9),
@@ -319,7 +342,7 @@ class Trainer:
         (no checkpoint is written mid-epoch, so the last good one stays in charge)."""
         if not pending:
             return
-        values = [float(v) for v in tf.stack(pending).numpy()]
+        values = [float(v) for v in tf.concat(pending, 0).numpy()]
         pending.clear()
         for value in values:
             if not math.isfinite(value):

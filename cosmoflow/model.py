@@ -37,6 +37,15 @@ def network_spec(model_cfg):
     return spec
 
 
+def pooling_dtype():
+    """TensorFlow has float16 3D pooling kernels on GPUs only: under mixed_float16 without a
+    GPU the pooling layers compute in float32 (None: the global policy)."""
+    policy = tf.keras.mixed_precision.global_policy()
+    if policy.compute_dtype == "float16" and not tf.config.list_logical_devices("GPU"):
+        return "float32"
+    return None
+
+
 def build_model(model_cfg, input_shape, n_targets=4):
     """Functional Keras model for `input_shape` (D, D, D, channels)."""
     spec = network_spec(model_cfg)
@@ -53,7 +62,7 @@ def build_model(model_cfg, input_shape, n_targets=4):
             x = layers.LeakyReLU(name=f"act{i}")(x)
         if pool:
             pooling = layers.AveragePooling3D if seed7 else layers.MaxPool3D
-            x = pooling(2, padding="same", name=f"pool{i}")(x)
+            x = pooling(2, padding="same", name=f"pool{i}", dtype=pooling_dtype())(x)
     if model_cfg["head"] == "global_pool":
         x = layers.GlobalAveragePooling3D(name="global_pool")(x)
     else:

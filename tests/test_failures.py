@@ -106,3 +106,10 @@ def test_unknown_metric_name_is_a_config_error(tmp_path, data):
     cfg = config(tmp_path, data)
     result = run_ranks(1, [TRAIN, "--config", cfg, "--set", "train.target.metric=val_iou"], 120)
     assert_failed(result, "'train.target.metric': unknown metric 'val_iou'", "val_mae")
+
+
+def test_xla_with_mixed_precision_on_cpu_is_refused_before_training(tmp_path, data):
+    cfg = config(tmp_path, data, jit_compile=True, precision="mixed_bfloat16")
+    result = run_ranks(2, [TRAIN, "--config", cfg], 120)
+    assert_failed(result, "train.jit_compile with train.precision=mixed_bfloat16 needs a GPU")
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
