@@ -23,6 +23,22 @@ class ResizeLike(layers.Layer):
         return tf.image.resize(x, tf.shape(like)[1:3], method="bilinear")
 
 
+class Subsample(layers.Layer):
+    """Every `stride`-th row and column. Followed by a 1x1 convolution it computes a strided 1x1
+    convolution, whose filter gradient corrupts memory in oneDNN (TensorFlow 2.15) on some CPUs
+    (AMD EPYC, 8 input channels, even heights)."""
+
+    def __init__(self, stride, **kwargs):
+        super().__init__(**kwargs)
+        self.stride = stride
+
+    def call(self, x):
+        return x[:, ::self.stride, ::self.stride, :]
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride}
+
+
 def build_model(model_cfg, channels=16, classes=3):
     width, rates = model_cfg["width"], model_cfg["aspp_rates"]
 
@@ -68,7 +84,9 @@ def xception_block(x, filters, name, stride=1, dilation=1, residual="conv"):
         x = sep_conv_bn(x, n, f"{name}_sepconv{i}", strides=stride if i == 3 else 1,
                         dilation=dilation)
     if residual == "conv":
-        shortcut = layers.Conv2D(filters[-1], 1, strides=stride, use_bias=False,
+        if stride > 1:
+            shortcut = Subsample(stride, name=f"{name}_subsample")(shortcut)
+        shortcut = layers.Conv2D(filters[-1], 1, use_bias=False,
                                  name=f"{name}_shortcut")(shortcut)
         shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM,
                                                name=f"{name}_shortcut_bn")(shortcut)

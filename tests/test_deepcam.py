@@ -1,19 +1,23 @@
 """DeepCAM pieces on tiny shapes: the model at two resolutions, class weights, loss and IoU
 against hand values, the HDF5 reader (float and int labels), the stats tool, the coarsener and
 the raw fast path."""
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from common.hdf5 import open_h5
+from conftest import REPO, launch_env
 from common.multires import transfer_weights
 from deepcam import data, stats
 from deepcam.coarsen import average_pool, coarsen_dataset, majority_pool
 from deepcam.convert import convert
 from deepcam.make_data import write_dataset
 from deepcam.metrics import class_weights, iou, make_loss
-from deepcam.model import build_model
+from deepcam.model import Subsample, build_model
 
 TINY = {"width": 0.0625, "middle_blocks": 1, "aspp_rates": [1, 2, 3]}
 ROWS, COLS = 32, 48
@@ -41,6 +45,25 @@ def test_same_weights_run_at_two_resolutions_and_all_carry_over():
         assert full(x).shape == shape[:3] + (3,)
         np.testing.assert_allclose(coarse(x).numpy(), full(x).numpy(), atol=1e-5)
     assert build_model(TINY, channels=4)(tf.zeros((1, 32, 32, 4))).shape == (1, 32, 32, 3)
+
+
+def test_subsampled_pointwise_shortcut_equals_a_strided_one_and_trains_at_demo_size():
+    x = tf.random.normal((2, 7, 10, 8))
+    strided = tf.keras.layers.Conv2D(4, 1, strides=2, use_bias=False)
+    expected = strided(x)
+    np.testing.assert_allclose(expected.numpy(), tf.nn.conv2d(
+        Subsample(2)(x), strided.kernel, 1, "VALID").numpy(), rtol=1e-6, atol=1e-6)
+    # The demo's network on its 96x144 fields: a strided 1x1 convolution there (8 input
+    # channels) crashed the process in its filter gradient. A crash must not take pytest along.
+    script = ("import tensorflow as tf\nfrom deepcam.model import build_model\n"
+              "m = build_model({'width': 0.125, 'middle_blocks': 1, 'aspp_rates': [2, 4, 6]})\n"
+              "with tf.GradientTape() as t:\n"
+              "    loss = tf.reduce_sum(m(tf.random.normal([2, 96, 144, 16]), training=True))\n"
+              "grads = t.gradient(loss, m.trainable_variables)\n"
+              "print('finite', all(bool(tf.reduce_all(tf.math.is_finite(g))) for g in grads))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=REPO, env=launch_env(), timeout=300)
+    assert result.returncode == 0 and "finite True" in result.stdout, result.stderr[-2000:]
 
 
 def test_class_weights_and_weighted_loss_against_hand_values():
