@@ -101,6 +101,10 @@ COMMON_DEFAULTS = {
         "precision": Choice("float32", "mixed_float16", "mixed_bfloat16"),
         "jit_compile": False,  # XLA-compile forward + backward (Horovod's allreduce stays outside)
         "steps_per_call": Range(1, low=1),  # training steps per compiled call (small networks)
+        # A stage that trains the previous stage's network (same model settings, every weight
+        # the same shape) restarts its optimizer state unless true: then it keeps Adam's moments
+        # and step count, which can be scaled wrongly for gradients at another resolution.
+        "carry_optimizer": False,
     },
     "log": {
         "metrics_format": Choice("jsonl", "csv"),

@@ -94,3 +94,20 @@ class ShardedDataset:
         # training step keeps the intra-op thread pool to itself.
         options.threading.max_intra_op_parallelism = 1
         return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def common_spec(datasets):
+    """The most specific batch spec that fits every ShardedDataset's batches: dimensions that
+    differ between them (resolution, a last partial batch) become None."""
+    specs = [tf.nest.flatten(d.epoch(0).element_spec) for d in datasets]
+    return tuple(first.most_specific_common_supertype(others)
+                 for first, *others in zip(*specs))
+
+
+def loosened(dataset, spec):
+    """`dataset` with its batches' static shapes loosened to `spec` (None: unchanged), so that
+    one traced step serves several stages' batches without tracing again."""
+    if spec is None:
+        return dataset
+    return dataset.map(lambda *batch: tuple(
+        tf.compat.v1.placeholder_with_default(t, s.shape) for t, s in zip(batch, spec)))

@@ -6,6 +6,7 @@ the LR is the one tuned for that global batch whatever the number of ranks.
 """
 import math
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -40,45 +41,70 @@ class WarmupDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
 
     Warmup starts from the LR tuned for the base batch (gradual warmup of Goyal et al.), or from
     zero when no scaling raised the LR. Driven by the optimizer's step counter, so restoring the
-    optimizer restores the schedule position.
+    optimizer restores the schedule position. The settings are variables: `restart` points a
+    traced training step at the next stage's schedule without tracing it again.
     """
+
+    DECAYS = ("none", "step", "cosine")
 
     def __init__(self, base, peak, steps_per_epoch, total_epochs, warmup_epochs=0.0,
                  decay="none", decay_epochs=(), decay_factors=(), min_lr=0.0):
         super().__init__()
-        self.start = base if base < peak else 0.0
-        self.peak = peak
-        self.steps_per_epoch = steps_per_epoch
-        self.warmup_steps = warmup_epochs * steps_per_epoch
-        self.total_steps = max(total_epochs * steps_per_epoch, 1)
-        self.decay = decay
+        self.settings = {}
+        self.restart(base, peak, steps_per_epoch, total_epochs, warmup_epochs, decay,
+                     decay_epochs, decay_factors, min_lr)
+
+    def restart(self, base, peak, steps_per_epoch, total_epochs, warmup_epochs=0.0,
+                decay="none", decay_epochs=(), decay_factors=(), min_lr=0.0, first_step=0):
+        """Follow a new schedule whose step 0 is optimizer step `first_step`."""
         if len(decay_epochs) != len(decay_factors):
             raise ValueError("config keys 'train.lr.decay_epochs' and 'train.lr.decay_factors' "
                              "must have the same length")
-        self.decay_steps = [e * steps_per_epoch for e in decay_epochs]
-        self.decay_factors = list(decay_factors)
-        self.min_lr = min_lr
+        if decay not in self.DECAYS:
+            raise ValueError(f"config key 'train.lr.decay' must be one of {list(self.DECAYS)}, "
+                             f"got {decay!r}")
+        self.config = dict(base=base, peak=peak, steps_per_epoch=steps_per_epoch,
+                           total_epochs=total_epochs, warmup_epochs=warmup_epochs, decay=decay,
+                           decay_epochs=list(decay_epochs), decay_factors=list(decay_factors),
+                           min_lr=min_lr)
+        order = np.argsort(decay_epochs, kind="stable")
+        self._set(start=base if base < peak else 0.0, peak=peak,
+                  warmup_steps=warmup_epochs * steps_per_epoch,
+                  total_steps=max(total_epochs * steps_per_epoch, 1),
+                  decay=float(self.DECAYS.index(decay)), min_lr=min_lr,
+                  first_step=float(first_step),
+                  boundaries=[float(decay_epochs[i] * steps_per_epoch) for i in order],
+                  factors=[float(decay_factors[i]) for i in order])
+
+    def _set(self, **values):
+        for name, value in values.items():
+            if name in self.settings:
+                self.settings[name].assign(value)
+            else:
+                shape = [None] if isinstance(value, list) else []  # lists change length
+                self.settings[name] = tf.Variable(
+                    tf.constant(value, tf.float32, shape=[len(value)] if shape else []),
+                    trainable=False, shape=shape, name=f"lr_{name}")
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
+        v = self.settings
+        step = tf.cast(step, tf.float32) - v["first_step"]
         lr = self._decayed(step)
-        if self.warmup_steps > 0:
-            frac = tf.minimum((step + 1.0) / self.warmup_steps, 1.0)
-            warm = self.start + (self.peak - self.start) * frac
-            lr = tf.where(step < self.warmup_steps, warm, lr)
-        return lr
+        warm = v["start"] + (v["peak"] - v["start"]) * tf.minimum(
+            (step + 1.0) / tf.maximum(v["warmup_steps"], 1.0), 1.0)
+        return tf.where(step < v["warmup_steps"], warm, lr)
 
     def _decayed(self, step):
-        if self.decay == "step":
-            lr = tf.constant(self.peak, tf.float32)
-            for boundary, factor in sorted(zip(self.decay_steps, self.decay_factors)):
-                lr = tf.where(step >= boundary, self.peak * factor, lr)
-            return lr
-        if self.decay == "cosine":
-            span = max(self.total_steps - self.warmup_steps, 1.0)
-            t = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
-            return self.min_lr + (self.peak - self.min_lr) * 0.5 * (1.0 + tf.cos(math.pi * t))
-        return tf.constant(self.peak, tf.float32)
+        v = self.settings
+        # step decay: the factor of the last boundary passed
+        passed = tf.reduce_sum(tf.cast(step >= v["boundaries"], tf.int32))
+        factors = tf.concat([[1.0], v["factors"]], 0)
+        stepped = v["peak"] * tf.gather(factors, passed)
+        span = tf.maximum(v["total_steps"] - v["warmup_steps"], 1.0)
+        t = tf.clip_by_value((step - v["warmup_steps"]) / span, 0.0, 1.0)
+        cosine = v["min_lr"] + (v["peak"] - v["min_lr"]) * 0.5 * (1.0 + tf.cos(math.pi * t))
+        return tf.switch_case(tf.cast(v["decay"], tf.int32),
+                              [lambda: v["peak"] + 0.0, lambda: stepped, lambda: cosine])
 
     def get_config(self):
-        return dict(vars(self))
+        return dict(self.config)

@@ -76,6 +76,22 @@ def transfer_weights(source, target):
     return report
 
 
+# Train settings a compiled step depends on: stages that share them (and the model) share it.
+STEP_KEYS = ("optimizer", "momentum", "weight_decay", "beta_1", "beta_2", "epsilon",
+             "precision", "jit_compile", "steps_per_call")
+
+
+def same_network(before, after, before_model, after_model):
+    """Can stage `after` keep training stage `before`'s model, optimizer and compiled step?
+    Yes when their model settings and STEP_KEYS agree and every weight has the same name and
+    shape (a network that does not depend on the resolution, such as a global-pool head)."""
+    def weights(model):
+        return [(w.name, tuple(w.shape)) for w in model.weights]
+    return (before.model == after.model
+            and all(before.train[k] == after.train[k] for k in STEP_KEYS)
+            and weights(before_model) == weights(after_model))
+
+
 def _shapes(shapes):
     return ", ".join("x".join(map(str, s)) for s in shapes)
 

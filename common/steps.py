@@ -5,6 +5,8 @@ padding that evens out validation shards), so sums and counts reduce exactly acr
 """
 import tensorflow as tf
 
+from common.data import loosened
+
 
 def weighted_mean(per_sample, weights):
     return tf.reduce_sum(per_sample * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
@@ -51,8 +53,12 @@ class StepRunner:
     call, or up to `steps_per_call` steps in one compiled loop (like Keras' steps_per_execution)
     for small networks whose step is shorter than the Python dispatch around it."""
 
-    def __init__(self, train_step, steps_per_call=1):
-        self.train_step, self.steps_per_call = train_step, steps_per_call
+    def __init__(self, train_step, steps_per_call=1, spec=None):
+        """`spec`: batch specs with open dimensions (common_spec) to trace for up front, so
+        batches of every shape they admit dispatch to that one trace."""
+        self.train_step, self.steps_per_call, self.spec = train_step, steps_per_call, spec
+        if spec is not None and steps_per_call == 1:
+            train_step.get_concrete_function(*spec)
 
         @tf.function
         def multi_step(iterator, n):  # n is a tensor: the epoch's shorter last call reuses it
@@ -69,7 +75,7 @@ class StepRunner:
             for x, y, w in dataset:
                 yield tf.expand_dims(self.train_step(x, y, w), 0)
             return
-        iterator = iter(dataset)
+        iterator = iter(loosened(dataset, self.spec))  # the iterator's spec picks the trace
         for done in range(0, steps, self.steps_per_call):
             yield self.multi_step(iterator, tf.constant(min(self.steps_per_call, steps - done)))
 

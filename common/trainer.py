@@ -14,9 +14,10 @@ from tqdm import tqdm
 from common import lr as lr_rules
 from common.checkpoint import CheckpointStore
 from common.logs import MetricsLog
+from common.data import common_spec
 from common.multires import (EarlyStopping, FinalStageProbe, describe_target, plan_stages,
-                             reached, transfer_weights)
-from common.optimizers import make_optimizer, with_loss_scaling
+                             reached, same_network, transfer_weights)
+from common.optimizers import make_optimizer, unwrapped, with_loss_scaling
 from common.steps import StepRunner, draws_random_numbers, make_eval_step, make_train_step
 from common.summary import run_summary, summary_lines
 from common.mlperf_log import MLPerfLog
@@ -40,6 +41,19 @@ class Task:
     on_validation: Optional[Callable] = None
     maximize: tuple = ()       # metric names where higher is better (IoU, PSNR); others: lower
     make_test_data: Optional[Callable] = None  # (stage, local_batch, world) -> ShardedDataset
+
+
+@dataclass
+class Learner:
+    """A model and what trains it. Consecutive stages that train the same network share one:
+    weights, optimizer state and compiled steps carry over, with the LR schedule restarted."""
+    model: object
+    optimizer: object
+    schedule: object
+    train_spec: object = None  # batch shapes loosened to fit every stage sharing the learner
+    val_spec: object = None
+    runner: Optional[StepRunner] = None
+    eval_step: Optional[Callable] = None
 
 
 @dataclass
@@ -97,6 +111,7 @@ class Trainer:
         if resume:  # wall-clock time counts across resumes
             self._t0 -= resume.get("elapsed_s", 0.0)
         setups = [self._setup(stage) for stage in self.stages]  # validates all data up front
+        self.setups, self.continues = setups, [False] * len(setups)
         self.probe = self._final_stage_probe(setups[-1])
         if self.mlperf:
             self.mlperf.settings(self.stages[0], setups[0], setups[-1].train_data.num_samples,
@@ -106,17 +121,17 @@ class Trainer:
                           f"{resume['epoch'] + 1}: {resume.get('done_reason', 'target reached')}"
                           "; nothing to do")
             return self.history
-        model, finished_run = None, False
+        learner, finished_run = None, False
         for stage, setup in zip(self.stages, setups):
             if resume and stage.index < resume["stage"]:
                 continue
             state = resume if resume and stage.index == resume["stage"] else None
-            model, finished_run = self._run_stage(stage, setup, model, state)
+            learner, finished_run = self._run_stage(stage, setup, learner, state)
             if finished_run:
                 break
         if self.mlperf:
             self.mlperf.run_stop(success=finished_run)
-        self.model = model
+        self.model = learner.model
         self._write_summary()
         return self.history
 
@@ -202,12 +217,12 @@ class Trainer:
             f"{val_data.num_samples} val samples, {train_data.steps_per_epoch} steps/epoch")
         return StageSetup(local, global_, peak, train_data, val_data)
 
-    def _schedule(self, stage, setup):
+    @staticmethod
+    def _schedule_args(stage, setup):
         lr = stage.train["lr"]
-        return lr_rules.WarmupDecay(
-            lr["base"], setup.peak_lr, setup.train_data.steps_per_epoch, stage.epochs,
-            lr["warmup_epochs"], lr["decay"], lr["decay_epochs"], lr["decay_factors"],
-            lr["min_lr"])
+        return (lr["base"], setup.peak_lr, setup.train_data.steps_per_epoch, stage.epochs,
+                lr["warmup_epochs"], lr["decay"], lr["decay_epochs"], lr["decay_factors"],
+                lr["min_lr"])
 
     def _build_model(self, stage):
         """The app's model for `stage`, its layers computing in the stage's precision."""
@@ -215,26 +230,65 @@ class Trainer:
         return self.task.build_model(stage)
 
     def _build(self, stage, setup, previous, state):
+        """The stage's learner: the previous stage's one when this stage continues it."""
+        if previous is not None and state is None and self.continues[stage.index]:
+            return self._switch(previous, stage, setup)
         model = self._build_model(stage)
         if previous is not None and state is None:
-            for line in transfer_weights(previous, model).lines():
+            for line in transfer_weights(previous.model, model).lines():
                 self.log.info(line)
-        schedule = self._schedule(stage, setup)
+        schedule = lr_rules.WarmupDecay(*self._schedule_args(stage, setup))
         optimizer = make_optimizer(stage.train, schedule)
         optimizer.build(model.trainable_variables)
         optimizer = with_loss_scaling(optimizer, stage.train["precision"])
         if state is not None:
             self.store.restore(model, optimizer, state)
-            self._continue_schedule(optimizer, schedule, setup, state)
+            self._continue_schedule(optimizer, schedule, stage, setup, state)
         # Same starting point everywhere: re-initialised layers, restored or fresh optimizer state.
         self.world.broadcast_variables(model.variables + optimizer.variables)
-        return model, optimizer
+        learner = Learner(model, optimizer, schedule)
+        group = self._stages_continuing(stage, model)
+        if len(group) > 1:
+            learner.train_spec = common_spec([self.setups[i].train_data for i in group])
+            learner.val_spec = common_spec([self.setups[i].val_data for i in group])
+        return learner
 
-    def _continue_schedule(self, optimizer, schedule, setup, state):
+    def _stages_continuing(self, stage, model):
+        """Indices of `stage` and of the stages after it that will keep training `model`: same
+        model and step settings, and every weight the same name and shape. Their batches are
+        then traced once, with the dimensions that differ between stages left open."""
+        group = [stage.index]
+        for later in self.stages[stage.index + 1:]:
+            before = self.stages[group[-1]]
+            if not same_network(before, later, model, self._build_model(later)):
+                break
+            self.continues[later.index] = True
+            group.append(later.index)
+        tf.keras.mixed_precision.set_global_policy(stage.train["precision"])
+        return group
+
+    def _switch(self, learner, stage, setup):
+        """Carry the learner into `stage`: the LR schedule restarts at this stage's step 0;
+        the optimizer starts afresh (zeroed slots and step count) unless
+        train.carry_optimizer."""
+        optimizer = unwrapped(learner.optimizer)
+        if not stage.train["carry_optimizer"]:
+            for var in optimizer.variables:
+                var.assign(tf.zeros_like(var))
+        learner.schedule.restart(*self._schedule_args(stage, setup),
+                                 first_step=int(optimizer.iterations))
+        kept = "carried over" if stage.train["carry_optimizer"] else "reset"
+        self.log.info(f"stage '{stage.name}' continues training the same network: every weight "
+                      f"and the compiled steps carry over, the optimizer state is {kept}")
+        return learner
+
+    def _continue_schedule(self, optimizer, schedule, stage, setup, state):
         """Put the LR schedule at the restored epoch in this run's steps: steps per epoch change
-        when the rank count does (weak scaling, uneven shards), the epoch does not."""
+        when the rank count does (weak scaling, uneven shards), the epoch does not. The
+        optimizer's own step count (Adam's bias correction) stays as restored."""
         epochs_done = state["epoch"] + 1
-        optimizer.iterations.assign(epochs_done * setup.train_data.steps_per_epoch)
+        schedule.restart(*self._schedule_args(stage, setup), first_step=int(
+            optimizer.iterations) - epochs_done * setup.train_data.steps_per_epoch)
         before = state.get("world")
         if before and before["size"] != self.world.size:
             self.log.info(
@@ -250,28 +304,33 @@ class Trainer:
                 "global_batch": setup.global_batch, "peak_lr": setup.peak_lr}
 
     def _run_stage(self, stage, setup, previous, state):
-        model, optimizer = self._build(stage, setup, previous, state)
+        learner = self._build(stage, setup, previous, state)
+        model, optimizer = learner.model, learner.optimizer
         es_cfg = stage.train["early_stop"]
         early = EarlyStopping(es_cfg["patience"], es_cfg["min_delta"], es_cfg["mode"])
         if state is not None:
             early.load(state["early_stop"])
             if state["stopped_early"] or state["epoch"] + 1 >= stage.epochs:
-                return model, False  # a resume with more epochs continues the stage
-        eval_step = make_eval_step(model, self.task.loss, list(self.task.metrics.values()))
+                return learner, False  # a resume with more epochs continues the stage
+        if learner.eval_step is None:
+            learner.eval_step = make_eval_step(model, self.task.loss,
+                                               list(self.task.metrics.values()))
+            if learner.val_spec:  # one trace for every stage's batches: calls dispatch to it
+                learner.eval_step.get_concrete_function(*learner.val_spec)
         target = stage.train["target"]
         # Keras' random layers keep their RNG state outside the checkpoint: with any of them, each
         # epoch restarts from a seed of (run, stage, epoch) in a fresh trace, so an epoch replays
-        # identically after a resume. Other models trace once per stage.
-        fresh_trace_per_epoch, steps_runner = draws_random_numbers(model), None
+        # identically after a resume. Other models trace once per learner.
+        fresh_trace_per_epoch = draws_random_numbers(model)
         for epoch in range(state["epoch"] + 1 if state else 0, stage.epochs):
-            if fresh_trace_per_epoch or steps_runner is None:
+            if fresh_trace_per_epoch or learner.runner is None:
                 tf.random.set_seed(int(np.random.default_rng(
                     [self.cfg["seed"], stage.index, epoch]).integers(2**31)))
-                steps_runner = StepRunner(
+                learner.runner = StepRunner(
                     make_train_step(model, optimizer, self.task.loss, self.world,
                                     stage.train["jit_compile"]),
-                    stage.train["steps_per_call"])
-            record = self._epoch(stage, setup, epoch, model, optimizer, steps_runner, eval_step)
+                    stage.train["steps_per_call"], learner.train_spec)
+            record = self._epoch(stage, setup, epoch, learner)
             target_hit = reached(record.get(target["metric"]), target["value"], target["mode"])
             stop = early.update(record[es_cfg["metric"]]) or target_hit
             ckpt_state = {"stage": stage.index, "epoch": epoch, "stopped_early": stop,
@@ -282,20 +341,21 @@ class Trainer:
             self._end_epoch(model, optimizer, ckpt_state, record)
             if target_hit:
                 self.log.info(f"{ckpt_state['done_reason']}; stopping the run")
-                return model, True
+                return learner, True
             if stop:
                 self.log.info(f"stage '{stage.name}': no {es_cfg['metric']} improvement for "
                               f"{es_cfg['patience']} epochs; ending the stage")
                 break
-        return model, False
+        return learner, False
 
-    def _epoch(self, stage, setup, epoch, model, optimizer, steps_runner, eval_step):
+    def _epoch(self, stage, setup, epoch, learner):
         """Train one epoch, then validate; returns the epoch's record."""
+        model, optimizer = learner.model, learner.optimizer
         if self.mlperf:
             self.mlperf.epoch_start(stage.index, epoch)
-        record = self._train_epoch(stage, setup, epoch, steps_runner)
+        record = self._train_epoch(stage, setup, epoch, learner)
         self._average_non_trainable(model)
-        record.update(self._evaluate(setup.val_data, eval_step))
+        record.update(self._evaluate(setup.val_data, learner.eval_step))
         if self.probe is not None:  # a measurement, not training: kept out of elapsed_s
             t_probe = time.perf_counter()
             record.update(self.probe.score(model, record, stage.index == len(self.stages) - 1))
@@ -308,7 +368,7 @@ class Trainer:
         record["lr"] = float(optimizer.learning_rate)  # the LR of the epoch's last step
         return record
 
-    def _train_epoch(self, stage, setup, epoch, steps_runner):
+    def _train_epoch(self, stage, setup, epoch, learner):
         """Losses stay on the device and are read back every log.every_steps steps (and after
         the first step, which times the trace, and at epoch end): a read is a sync that would
         stall a GPU's queue every step. The loss is averaged over ranks inside the step, so all
@@ -321,7 +381,7 @@ class Trainer:
         every = self.cfg["log"]["every_steps"]
         losses, pending, t_first = [], [], None
         t_start = time.perf_counter()
-        for step_losses in steps_runner.epoch(setup.train_data.epoch(epoch), steps):
+        for step_losses in learner.runner.epoch(setup.train_data.epoch(epoch), steps):
             pending.append(step_losses)
             if sum(map(len, pending)) >= every or not losses:
                 self._read_losses(pending, losses, stage, epoch, bar)

@@ -1,33 +1,46 @@
 """Runs an app's training exactly as <app>/train.py does, and also saves each rank's weights when
-every stage starts (after the weight hand-over and broadcast) and when training ends.
+every stage starts (after the weight hand-over and broadcast) and when training ends, and how
+many times the training steps were traced (traces-rank<r>.json).
 
     python tests/mpi_driver.py APP DUMP_DIR --config FILE [train.py options]
 """
 import importlib
+import json
 import sys
 
 import numpy as np
 
+from common import trainer as trainer_module
 from common.launch import run
 from common.trainer import Trainer
 
 app = importlib.import_module(f"{sys.argv[1]}.train")
 dump_dir, argv = sys.argv[2], sys.argv[3:]
 build, fit = Trainer._build, Trainer.fit
+make_train_step, train_steps = trainer_module.make_train_step, []
+
+
+def make_and_count(*args, **kwargs):
+    train_steps.append(make_train_step(*args, **kwargs))
+    return train_steps[-1]
 
 
 def build_and_dump(self, stage, *args):
-    model, optimizer = build(self, stage, *args)
+    learner = build(self, stage, *args)
     np.savez(f"{dump_dir}/start-stage{stage.index}-rank{self.world.rank}.npz",
-             *model.get_weights())
-    return model, optimizer
+             *learner.model.get_weights())
+    return learner
 
 
 def fit_and_dump(self):
     history = fit(self)
     np.savez(f"{dump_dir}/end-rank{self.world.rank}.npz", *self.model.get_weights())
+    with open(f"{dump_dir}/traces-rank{self.world.rank}.json", "w") as f:
+        json.dump({"train_steps": len(train_steps), "traces": sum(
+            step.experimental_get_tracing_count() for step in train_steps)}, f)
     return history
 
 
 Trainer._build, Trainer.fit = build_and_dump, fit_and_dump
+trainer_module.make_train_step = make_and_count
 run(app.DEFAULTS, app.make_task, sys.argv[1], argv)

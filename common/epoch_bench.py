@@ -1,0 +1,127 @@
+"""Step-speed settings measured the way users train: whole epochs of the Trainer, several of them,
+each setting in turn, round-robin over repeats so that a noisy neighbour slows them alike.
+
+    python -m common.epoch_bench --app cosmoflow [--epochs 4] [--repeats 3]
+
+Trains the app's single-stage demo config (its demo data is written to a temporary folder) once
+per setting and repeat, on one process, and reports per setting the median [min - max] of the
+training samples/s of every epoch after the first (the first holds the trace), the ratio to the
+default Trainer (median of per-repeat ratios), and the last validation metric. Keras `model.fit`
+on the same network, data, batch and optimizer is the reference a user would reach for first.
+"""
+import argparse
+import importlib
+import logging
+import os
+import statistics
+import tempfile
+import time
+
+import tensorflow as tf
+
+from common.bench import load_config, number, spread
+from common.distributed import World
+from common.optimizers import make_optimizer
+from common.trainer import Trainer
+
+SINGLE_STAGE = {"cosmoflow": "cosmoflow/configs/demo_full_only.yaml",
+                "deepcam": "deepcam/configs/full_only.yaml",
+                "edsr": "edsr/configs/single_stage.yaml"}
+SETTINGS = {  # name -> config assignments (None: Keras model.fit)
+    "trainer (defaults)": [],
+    "loss read back every step": ["log.every_steps=1"],
+    "mixed_bfloat16": ["train.precision=mixed_bfloat16"],
+    "XLA (jit_compile)": ["train.jit_compile=true"],
+    "8 steps per call": ["train.steps_per_call=8"],
+    "keras model.fit": None,
+}
+
+
+def trainer_run(app, config, sets, out):
+    """(samples/s of each epoch after the first, last record) of one Trainer run."""
+    cfg, _ = load_config(app.DEFAULTS, config, sets + [f"output_dir={out}"])
+    tf.keras.utils.set_random_seed(cfg["seed"])
+    logger = logging.getLogger("epoch_bench")
+    logger.setLevel(logging.WARNING)
+    trainer = Trainer(cfg, app.make_task(cfg), World(), logger)
+    history = trainer.fit()
+    setup = trainer.setups[-1]
+    samples = setup.train_data.steps_per_epoch * setup.global_batch
+    return [samples / r["epoch_s"] for r in history[1:]], history[-1]
+
+
+def keras_fit_run(app, config, sets, out):
+    """The same network, data, batch and optimizer (constant LR) trained by model.fit."""
+    cfg, stage = load_config(app.DEFAULTS, config, sets + [f"output_dir={out}"])
+    tf.keras.utils.set_random_seed(cfg["seed"])
+    task = app.make_task(cfg)
+    train, _ = task.make_datasets(stage, stage.train["local_batch"], World(), cfg["seed"])
+    model = task.build_model(stage)
+    model.compile(make_optimizer(stage.train, stage.train["lr"]["base"]),
+                  loss=lambda y, p: task.loss(y, tf.cast(p, tf.float32)))
+    timer = EpochTimer()
+    batches = train.steps_per_epoch * train.local_batch
+    for epoch in range(stage.epochs):  # the Trainer's epoch order, one fit call per epoch
+        model.fit(train.epoch(epoch), epochs=1, verbose=0, callbacks=[timer])
+    return [batches / s for s in timer.seconds[1:]], {}
+
+
+class EpochTimer(tf.keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.start)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--app", choices=sorted(SINGLE_STAGE), default="cosmoflow")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--settings", nargs="*", choices=list(SETTINGS), default=list(SETTINGS),
+                        help="which settings to measure (default: all)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every setting (e.g. smaller data or network)")
+    args = parser.parse_args(argv)
+    app = importlib.import_module(f"{args.app}.train")
+    with tempfile.TemporaryDirectory(prefix=f"epoch-bench-{args.app}-") as tmp:
+        data = os.path.join(tmp, "data")
+        importlib.import_module(f"{args.app}.make_data").write_demo(data)
+        sets = [f"data.root={data}", f"train.epochs={args.epochs}", "log.progress=false",
+                *args.set]
+        rates = {name: [] for name in args.settings}
+        last = {}
+        for repeat in range(args.repeats):
+            for name in args.settings:
+                run = keras_fit_run if SETTINGS[name] is None else trainer_run
+                out = os.path.join(tmp, f"run{repeat}-{len(rates[name])}-{hash(name)}")
+                epoch_rates, last[name] = run(app, SINGLE_STAGE[args.app],
+                                              sets + (SETTINGS[name] or []), out)
+                rates[name].append(statistics.median(epoch_rates))
+                rates.setdefault(f"{name} (epochs)", []).extend(epoch_rates)
+    report(args, rates, last)
+    return rates
+
+
+def report(args, rates, last):
+    print(f"{args.app}: {SINGLE_STAGE[args.app]}, {args.epochs} epochs x {args.repeats} repeats,"
+          " 1 process; samples/s of the epochs after the first")
+    base = rates.get("trainer (defaults)")
+    for name in args.settings:
+        mid, low, high = spread(rates[f"{name} (epochs)"])
+        line = f"  {name:28s} {number(mid):>9s} samples/s  [{number(low)} - {number(high)}]"
+        if base and name != "trainer (defaults)":
+            ratios = [x / y for x, y in zip(rates[name], base)]
+            line += f"  x{statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+        metric = next((f"{k} {v:.4g}" for k, v in last[name].items()
+                       if k.startswith("val_") and k != "val_loss"), "")
+        print(line + (f"  last {metric}" if metric else ""))
+
+
+if __name__ == "__main__":
+    main()
