@@ -2,7 +2,9 @@
 
 The ranks of a node share the copying; GZIP files are decompressed on the way when the reader
 asks for it, so that training reads plain files. Every rank runs the same collectives (two
-allgathers) whatever happens, and an error anywhere stops every rank with the same message.
+allgathers of a few numbers) whatever happens, and an error anywhere stops every rank with the
+same message. File lists, which can run to 10^5 files per node, pass between a node's ranks
+through files in the stage itself: the stage must be node-local (or at least per node).
 
 A manifest in the stage records each staged file (source, size, mtime, staged size, whether it
 was decompressed) and a complete flag written last: a later job reuses what is complete and
@@ -50,15 +52,17 @@ def stage_inputs(data_cfg, world, splits, seed=0):
     root, stage_root = stage_folder(data_cfg)
     node, me = node_ranks(world)
     wanted = files_read(splits, root, node, world.size, data_cfg.get("shuffle", "global"), seed)
-    plan = plan_stage(stage_root, root, wanted) if me == node[0] else None
-    plans = gather_or_raise(world, plan)
-    plan = plans[node[0]]
-    copied = copy_share(plan["copy"][node.index(me)::len(node)])
-    results = gather_or_raise(world, copied)
-    if me == node[0]:
-        write_manifest(stage_root, root, {**plan["keep"], **{
-            entry["staged"]: entry for rank in node for entry in results[rank]}}, complete=True)
-    log_summary(stage_root, plans, results, time.perf_counter() - start)
+    leader, plan_file = node[0], os.path.join(stage_root, f".plan-{node[0]}.json")
+    status, keep = {}, None
+    if me == leader:
+        status = plan_stage(stage_root, root, wanted, plan_file)
+        keep = status.pop("keep", None)
+    planned = gather_or_raise(world, status)
+    copied = gather_or_raise(world, copy_share(plan_file, node.index(me), len(node),
+                                               os.path.join(stage_root, f".done-{me}.json")))
+    if me == leader:
+        finish_manifest(stage_root, root, keep, node, plan_file)
+    log_summary(stage_root, planned, copied, time.perf_counter() - start)
     return {name: [os.path.join(stage_root, wanted[p]["staged"]) if p in wanted else p
                    for p in split.paths] for name, split in splits.items()}
 
@@ -103,9 +107,9 @@ def staged_name(source, root):
     return rel
 
 
-def plan_stage(stage_root, root, wanted):
-    """Run by one rank per node: which files to copy and which staged ones to keep, after
-    checking that the stage is writable and has room. Returns {"error": text} on failure."""
+def plan_stage(stage_root, root, wanted, plan_file):
+    """Run by one rank per node: checks that the stage is writable and has room, writes the
+    files to copy to `plan_file` and returns the staged entries to keep, or {"error": text}."""
     try:
         check_writable(stage_root)
         keep = reusable_entries(stage_root)
@@ -131,7 +135,8 @@ def plan_stage(stage_root, root, wanted):
                 f"they need {human(need)} ({need} bytes), {human(free)} ({free} bytes) free")
         if copy:  # a stage cut short from here on is redone by the next job
             write_manifest(stage_root, root, keep, complete=False)
-        return {"copy": copy, "keep": keep, "reused": len(wanted) - len(copy)}
+        write_json(plan_file, copy)
+        return {"keep": keep, "reused": len(wanted) - len(copy)}
     except (StagingError, OSError) as e:
         return {"error": str(e)}
 
@@ -178,23 +183,43 @@ def staged_size(item):
         return struct.unpack("<I", f.read(4))[0]
 
 
-def copy_share(items):
-    """Copy (or decompress) this rank's share; returns the manifest entries or {"error": text}."""
+def copy_share(plan_file, share, shares, done_file):
+    """Copy (or decompress) this rank's share of the node's plan, write its manifest entries to
+    `done_file`; returns {"files", "bytes"} or {"error": text}."""
+    try:
+        items = read_json(plan_file)[share::shares]
+    except (OSError, ValueError) as e:
+        return {"error": f"{plan_file}: cannot read the node's staging plan: {e}"}
     entries = []
     for item in items:
-        part = item["dest"] + ".part"
         try:
             os.makedirs(os.path.dirname(item["dest"]), exist_ok=True)
             decompress = item["gunzip"] and is_gzip(item["source"])
+            fd, part = tempfile.mkstemp(dir=os.path.dirname(item["dest"]), prefix=".part-")
             with (gzip.open if decompress else open)(item["source"], "rb") as src, \
-                    open(part, "wb") as dst:
+                    os.fdopen(fd, "wb") as dst:
                 shutil.copyfileobj(src, dst, 16 << 20)
             os.replace(part, item["dest"])  # a file under its final name is whole
         except (OSError, EOFError) as e:
             return {"error": f"staging {item['source']} to {item['dest']} failed: {e}"}
         entries.append({k: item[k] for k in ("staged", "source", "size", "mtime", "gunzip")} |
                        {"staged_size": os.path.getsize(item["dest"]), "decompressed": decompress})
-    return entries
+    try:
+        write_json(done_file, entries)
+    except OSError as e:
+        return {"error": f"{done_file}: cannot write: {e}"}
+    return {"files": len(entries), "bytes": sum(e["staged_size"] for e in entries)}
+
+
+def finish_manifest(stage_root, root, keep, node, plan_file):
+    """The node's manifest, complete: the entries kept plus those its ranks copied."""
+    files = dict(keep)
+    for rank in node:
+        done_file = os.path.join(stage_root, f".done-{rank}.json")
+        files.update((entry["staged"], entry) for entry in read_json(done_file))
+        os.remove(done_file)
+    os.remove(plan_file)
+    write_manifest(stage_root, root, files, complete=True)
 
 
 def gather_or_raise(world, result):
@@ -210,21 +235,31 @@ def gather_or_raise(world, result):
 
 
 def write_manifest(stage_root, root, files, complete):
-    manifest = {"source_root": root, "files": files, "complete": complete}  # complete: last
-    part = os.path.join(stage_root, MANIFEST + ".part")
+    # complete comes last in the file, and the file is replaced whole
+    write_json(os.path.join(stage_root, MANIFEST),
+               {"source_root": root, "files": files, "complete": complete})
+
+
+def write_json(path, value):
+    part = path + ".part"
     with open(part, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(part, os.path.join(stage_root, MANIFEST))
+        json.dump(value, f, indent=1)
+    os.replace(part, path)
 
 
-def log_summary(stage_root, plans, results, seconds):
-    copied = [entry for result in results.values() for entry in result]
-    reused = sum(plan["reused"] for plan in plans.values() if plan)
-    nodes = sum(1 for plan in plans.values() if plan)
-    total = sum(entry["staged_size"] for entry in copied)
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def log_summary(stage_root, planned, copied, seconds):
+    """Totals over every node, on rank 0."""
+    nodes = [plan for plan in planned.values() if plan]
+    files = sum(result["files"] for result in copied.values())
+    size = sum(result["bytes"] for result in copied.values())
     logging.getLogger("train").info(
-        f"staged {len(copied)} files ({human(total)}) to {stage_root} in {seconds:.1f} s "
-        f"on {nodes} node(s); reused {reused} staged earlier")
+        f"staged {files} files ({human(size)}) to {stage_root} in {seconds:.1f} s on "
+        f"{len(nodes)} node(s); reused {sum(plan['reused'] for plan in nodes)} staged earlier")
 
 
 def human(size):

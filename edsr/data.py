@@ -113,11 +113,11 @@ def first(ids, limit):
 def staged_pairs(data_cfg, world, ids):
     """{split: ids} -> {split: (lr, hr)}, read from data.stage_dir when it is set. Every rank
     decodes every image of a split, so a node stages them all, whatever data.shuffle says."""
-    files = {split: SplitFiles(image_files(data_cfg, split, split_ids))
-             for split, split_ids in ids.items()}
+    files = {split: SplitFiles(image_files(data_cfg, split, names))
+             for split, names in ids.items()}
     located = stage_inputs(data_cfg, world, files)
-    return {split: load_pairs(data_cfg, split, split_ids, located[split])
-            for split, split_ids in ids.items()}
+    return {split: load_pairs(data_cfg, split, names, located[split])
+            for split, names in ids.items()}
 
 
 def make_datasets(data_cfg, local_batch, world, seed):

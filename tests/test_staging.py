@@ -82,6 +82,7 @@ def test_gzip_source_is_staged_decompressed(runs, gzip_data):
     assert manifest["complete"] is True and list(manifest)[-1] == "complete"
     assert len(manifest["files"]) == NUM_FILES
     assert all(entry["decompressed"] for entry in manifest["files"].values())
+    assert not list(Path(runs.stage_root).rglob(".*"))  # no plan, part or probe files left
 
 
 def test_a_complete_stage_is_reused_by_the_next_job(runs, gzip_data):
