@@ -4,6 +4,7 @@ rank. Multi-rank cases run under mpiexec -n 2 (one node: its two ranks share the
 import json
 import logging
 import os
+import re
 from collections import namedtuple
 from pathlib import Path
 
@@ -245,3 +246,18 @@ def test_edsr_images_are_read_from_the_stage(tmp_path, monkeypatch):
     source_val = data.full_images({**cfg, "stage_dir": ""}, "val", World())
     assert np.array_equal(staged_val, np.concatenate([y.numpy() for _, y, _ in
                                                       source_val.epoch(0)]))
+
+
+def test_staging_benchmark_prints_every_figure(tmp_path):
+    result = run_ranks(1, [REPO / "scripts" / "benchmark.py", "--app", "cosmoflow", "--staging",
+                           "--set", "data.resolution=8", "--set", "model.width_scale=0.125",
+                           "--local-batch", "2", "--steps", "1", "--pipeline-steps", "2",
+                           "--repeats", "2"], timeout=300, env={"TMPDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "staged 18 files" in result.stdout  # 16 train + 2 validation
+    for way in ("GZIP files", "plain files", "staged files"):
+        for kind in ("pipeline", "train"):
+            found = re.search(rf"{kind}, {way}\s+([0-9.]+) samples/s", result.stdout)
+            assert found and float(found.group(1)) > 0, (kind, way, result.stdout[-3000:])
+    assert re.search(r"train staged / GZIP\s+[0-9.]+ x", result.stdout)
+    assert not list(tmp_path.iterdir()), "the benchmark left its files behind"
