@@ -69,6 +69,10 @@ COMMON_DEFAULTS = {
         # local: each rank keeps a fixed shard (fixed by the seed) and reshuffles within it, so
         # a node reads only its own files (what staging to node-local storage needs).
         "shuffle": Choice("global", "local"),
+        # Node-local folder (/dev/shm/<name>, NVMe) the ranks of each node copy their input to
+        # before training, GZIP TFRecords decompressed; a complete stage is reused by later
+        # jobs. With shuffle local a node stages only its ranks' shards. "": read data.root.
+        "stage_dir": "",
     },
     "train": {
         "epochs": Range(10, low=1),

@@ -11,6 +11,32 @@ import numpy as np
 import tensorflow as tf
 
 
+def fixed_shard(num_keys, rank, size, seed):
+    """Key positions a rank keeps for the whole run under shuffle="local"."""
+    return np.random.default_rng([seed]).permutation(num_keys)[rank::size]
+
+
+def eval_shard(num_keys, rank, size):
+    """(positions, weights) a rank evaluates: its round-robin share, padded with weight-0
+    copies to the longest share so that every rank runs the same number of batches."""
+    mine = np.arange(num_keys)[rank::size]
+    pad = math.ceil(num_keys / size) - len(mine)
+    weights = np.concatenate([np.ones(len(mine)), np.zeros(pad)]).astype(np.float32)
+    mine = np.concatenate([mine, np.resize(mine if len(mine) else np.arange(num_keys), pad)])
+    return mine.astype(np.int64), weights
+
+
+def positions_read(num_keys, ranks, size, training, shuffle, seed):
+    """Sorted key positions that any of `ranks` reads in some epoch: what a node must hold when
+    its input is staged to node-local storage. Global shuffle deals every key to every rank in
+    time; a local shard and an evaluation share stay fixed."""
+    if training and shuffle == "global":
+        return np.arange(num_keys)
+    shares = [fixed_shard(num_keys, rank, size, seed) if training
+              else eval_shard(num_keys, rank, size)[0] for rank in ranks]
+    return np.unique(np.concatenate(shares)).astype(np.int64)
+
+
 class ShardedDataset:
     """Samples `keys` split across `size` ranks; `epoch(e)` yields batches of (x, y, weight).
 
@@ -62,17 +88,14 @@ class ShardedDataset:
         if self.training:
             take = self.steps_per_epoch * self.local_batch
             if self.shuffle == "local":  # a fixed shard, in a new order each epoch
-                shard = np.random.default_rng([self.seed]).permutation(n)[self.rank::self.size]
+                shard = fixed_shard(n, self.rank, self.size, self.seed)
                 mine = np.random.default_rng([self.seed, epoch, self.rank]).permutation(shard)
             else:
                 order = np.random.default_rng([self.seed, epoch]).permutation(n)
                 mine = order[self.rank::self.size]
             return self.keys[mine[:take]], np.ones(take, np.float32)
-        mine = np.arange(n)[self.rank::self.size]
-        pad = self._padded_shard_len() - len(mine)
-        weights = np.concatenate([np.ones(len(mine)), np.zeros(pad)]).astype(np.float32)
-        mine = np.concatenate([mine, np.resize(mine if len(mine) else np.arange(n), pad)])
-        return self.keys[mine.astype(np.int64)], weights
+        mine, weights = eval_shard(n, self.rank, self.size)
+        return self.keys[mine], weights
 
     def epoch(self, epoch):
         keys, weights = self.shard_keys(epoch)

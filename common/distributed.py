@@ -56,6 +56,12 @@ class World:
             return obj
         return self.hvd.broadcast_object(obj, root_rank=0)
 
+    def allgather_object(self, obj):
+        """Every rank's Python object, in rank order, on every rank (a world of one: [obj])."""
+        if not self.parallel:
+            return [obj]
+        return self.hvd.allgather_object(obj)
+
     @property
     def parallel(self):
         return self.hvd is not None and self.size > 1

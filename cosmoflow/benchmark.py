@@ -3,17 +3,26 @@ files, the input pipeline alone, and Keras model.fit on the same network and bat
 
     python scripts/benchmark.py --app cosmoflow [--config cosmoflow/configs/mlperf.yaml]
         [--data-dir DIR] [--local-batch 4] [--steps 10] [--repeats 3] [--set KEY=VALUE]
+        [--staging [--stage-dir /dev/shm/NAME]]
 
 Without --data-dir it writes synthetic TFRecords at the config's last-stage resolution, GZIP
-compressed when the config says so.
+compressed when the config says so. --staging instead compares reading GZIP files, the same
+files plain, and the GZIP files staged (decompressed) to --stage-dir by data.stage_dir: the
+input pipeline alone and training, each from all three.
 """
 import argparse
+import dataclasses
+import glob
+import gzip
+import os
+import shutil
 import tempfile
 
 import tensorflow as tf
 
 from common.bench import endless, load_config, measure, print_rates, ratio, stepper, training
 from common.distributed import init_world
+from common.logs import get_logger
 from common.optimizers import make_optimizer
 from cosmoflow import make_data
 from cosmoflow.train import DEFAULTS, make_task
@@ -27,7 +36,17 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    return parser.parse_args(argv)
+    parser.add_argument("--staging", action="store_true",
+                        help="GZIP files vs plain files vs GZIP files staged to --stage-dir")
+    parser.add_argument("--pipeline-steps", type=int, default=24,
+                        help="--staging: timed batches per pipeline repeat (well past the "
+                             "prefetch buffer, which fills while other figures are measured)")
+    parser.add_argument("--stage-dir", help="data.stage_dir of --staging (default: a temporary "
+                                            "folder next to the synthetic data)")
+    args = parser.parse_args(argv)
+    if args.staging and args.data_dir:
+        parser.error("--staging writes its own synthetic files; drop --data-dir")
+    return args
 
 
 def main(argv=None):
@@ -40,6 +59,8 @@ def benchmark(args, work):
     cfg, stage = load_config(DEFAULTS, args.config, args.set)
     world = init_world()
     batch = args.local_batch
+    if args.staging:
+        return staging_benchmark(args, work, cfg, stage, world)
     if args.data_dir:
         stage.data["root"] = args.data_dir
     else:
@@ -76,6 +97,55 @@ def benchmark(args, work):
                                            "keras model.fit, in-memory")}
     for name, value in ratios.items():
         print(f"  {name:40s} {value:10.2f} x")
+    return rates, ratios
+
+
+
+def gzip_copy(plain_root, gzip_root):
+    """The same TFRecord files GZIP compressed, as the MLPerf dataset ships them (zlib's default
+    level, as TFRecordWriter's GZIP option)."""
+    for path in glob.glob(os.path.join(plain_root, "*", "*.tfrecord")):
+        target = os.path.join(gzip_root, os.path.relpath(path, plain_root))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(path, "rb") as src, gzip.open(target, "wb", compresslevel=6) as dst:
+            shutil.copyfileobj(src, dst)
+
+
+def staging_benchmark(args, work, cfg, stage, world):
+    """Pipeline and training samples/s from GZIP files, plain files and the staged GZIP files."""
+    batch, size = args.local_batch, stage.data["resolution"]
+    roots = {"GZIP files": os.path.join(work, "gzip"), "plain files": os.path.join(work, "plain")}
+    print(f"writing {8 * batch} synthetic {size}^3 samples, plain and GZIP, to {work}")
+    make_data.write_tfrecord(roots["plain files"], size=size, train=8 * batch, val=2, seed=0)
+    gzip_copy(roots["plain files"], roots["GZIP files"])
+    get_logger(world)  # prints the staging line: files, bytes, seconds
+    stage_dir = args.stage_dir or os.path.join(work, "stage")
+    sources = {name: {"root": root, "compression": "auto", "stage_dir": ""}
+               for name, root in roots.items()}
+    sources["staged files"] = {"root": roots["GZIP files"], "compression": "auto",
+                               "stage_dir": stage_dir}
+    task = make_task(cfg)
+    data = {name: task.make_datasets(dataclasses.replace(stage, data={**stage.data, **over}),
+                                     batch, world, 0)[0] for name, over in sources.items()}
+    rates = measure({f"pipeline, {name}": (stepper(endless(ds)), batch)
+                     for name, ds in data.items()}, args.pipeline_steps, args.repeats)
+    train_fns = {}
+    for name, ds in data.items():
+        batches = endless(ds)
+        train_fns[f"train, {name}"] = (training(task, stage, world, lambda b=batches: next(b)),
+                                       batch)
+    rates.update(measure(train_fns, args.steps, args.repeats))
+    print_rates(f"cosmoflow {stage.model['name']} network, input {size}^3x4, local batch "
+                f"{batch}, {world.size} rank(s), {args.pipeline_steps} pipeline / {args.steps} "
+                f"training steps x {args.repeats} repeats, median [min - max]:", rates, scale={
+                    name: size ** 3 * 4 * 2 / 1e6 for name in rates if name.startswith("pipe")})
+    ratios = {"pipeline staged / GZIP": ratio(rates, "pipeline, staged files",
+                                              "pipeline, GZIP files"),
+              "train staged / GZIP": ratio(rates, "train, staged files", "train, GZIP files")}
+    for name, value in ratios.items():
+        print(f"  {name:40s} {value:10.2f} x")
+    if args.stage_dir:
+        print(f"staged copies left in {stage_dir} (reused by the next run)")
     return rates, ratios
 
 

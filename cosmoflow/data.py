@@ -20,7 +20,9 @@ import tensorflow as tf
 import yaml
 
 from common.data import ShardedDataset
+from common.distributed import World
 from common.hdf5 import H5Reader, h5_shapes
+from common.staging import SplitFiles, stage_inputs
 
 SPLITS = ("train", "validation")
 CHANNELS = 4
@@ -35,18 +37,26 @@ def sample_shape(data_cfg):
     return (d, d, d, CHANNELS)
 
 
-def make_datasets(data_cfg, local_batch, rank=0, size=1, seed=0):
-    """(train, validation) ShardedDatasets yielding (x, y, weight) batches for this rank."""
+def make_datasets(data_cfg, local_batch, rank=0, size=1, seed=0, world=None):
+    """(train, validation) ShardedDatasets yielding (x, y, weight) batches for this rank.
+
+    Each reader lists and checks a split's source files, then builds its loader on the paths to
+    read: the sources, or their copies when data.stage_dir is set (staging needs the `world`)."""
     readers = {"tfrecord": tfrecord_split, "hdf5": seed_hdf5_split, "raw": raw_split}
     if data_cfg["format"] not in readers:
         raise ValueError(f"data.format {data_cfg['format']!r}: expected one of {sorted(readers)}")
     if not os.path.isdir(data_cfg["root"]):
         raise FileNotFoundError(f"data.root {data_cfg['root']}: no such folder")
+    world = world or World(rank, size)
+    listed = {split: readers[data_cfg["format"]](data_cfg, split, limit)
+              for split, limit in zip(SPLITS, (data_cfg["max_train"], data_cfg["max_val"]))}
+    located = stage_inputs(data_cfg, world, {split: files for split, (files, _) in listed.items()},
+                           seed)
     datasets = []
-    for split, limit in zip(SPLITS, (data_cfg["max_train"], data_cfg["max_val"])):
-        keys, load = readers[data_cfg["format"]](data_cfg, split, limit)
+    for split, (_, build) in listed.items():
+        keys, load = build(located[split])
         datasets.append(ShardedDataset(
-            keys, to_model_input(load, data_cfg), local_batch, rank, size,
+            keys, to_model_input(load, data_cfg), local_batch, world.rank, world.size,
             training=split == "train", seed=seed, name=f"cosmoflow {split}",
             shuffle=data_cfg.get("shuffle", "global")))
     return tuple(datasets)
@@ -101,6 +111,7 @@ def raw_files(folder):
 # MLPerf TFRecord
 
 def tfrecord_split(cfg, split, limit):
+    """(SplitFiles, build(paths) -> (keys, load)); staging decompresses GZIP files."""
     paths = first(list_files(split_folder(cfg["root"], split), "*.tfrecord"), limit)
     for path in paths:
         if os.path.getsize(path) < TFRECORD_MIN_BYTES:
@@ -115,7 +126,12 @@ def tfrecord_split(cfg, split, limit):
         load(tf.constant(paths[0]))
     except tf.errors.OpError as e:  # checks raise ValueError themselves; this is for TF's own
         raise ValueError(f"{paths[0]}: cannot decode: {e.message}") from e
-    return np.array(paths), load
+    staged_gzip = gzip and not cfg.get("stage_dir")  # the stage holds them decompressed
+
+    def build(located):
+        return np.array(located), lambda path: read_tfrecord(path, resolution, staged_gzip)
+    files = SplitFiles(paths, np.arange(len(paths))[:, None], split == "train", gunzip=True)
+    return files, build
 
 
 def is_gzip(path):
@@ -191,8 +207,15 @@ def seed_hdf5_split(cfg, split, limit):
 
     def read(f, where):
         return f["3Dmap"][where[0]], f["unitPar"][where[0]]
-    table = first(table, limit)
-    return np.arange(len(table), dtype=np.int64), H5Reader(paths, table, read).tf_load
+    return h5_split_files(paths, first(table, limit), read, split)
+
+
+def h5_split_files(paths, table, read, split):
+    """(SplitFiles, build) of an HDF5 split whose table rows start with the file index."""
+    def build(located):
+        return np.arange(len(table), dtype=np.int64), H5Reader(located, table, read).tf_load
+    key_files = np.array([row[0] for row in table], np.int64)[:, None]
+    return SplitFiles(paths, key_files, split == "train"), build
 
 
 def split_file_paths(cfg, split):
@@ -236,5 +259,4 @@ def raw_split(cfg, split, limit):
         i, j, k = where
         cube = f["full"][i:i + resolution, j:j + resolution, k:k + resolution]
         return cube, f["unitPar"][:]
-    table = first(table, limit)
-    return np.arange(len(table), dtype=np.int64), H5Reader(paths, table, read).tf_load
+    return h5_split_files(paths, first(table, limit), read, split)

@@ -53,7 +53,7 @@ def make_task(cfg):
     return Task(
         build_model=lambda stage: build_model(stage.model, sample_shape(stage.data)),
         make_datasets=lambda stage, local_batch, world, seed: make_datasets(
-            stage.data, local_batch, world.rank, world.size, seed),
+            stage.data, local_batch, seed=seed, world=world),
         loss=mse,
         metrics={"mae": mae},
     )

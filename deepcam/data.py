@@ -20,19 +20,31 @@ import tensorflow as tf
 
 from common.data import ShardedDataset
 from common.hdf5 import H5Reader, h5_shapes, open_h5
+from common.staging import SplitFiles, stage_inputs
 
 SPLITS = ("train", "validation")
 DATA, LABELS = "climate/data", "climate/labels_0"
 
 
 def make_datasets(data_cfg, local_batch, world, seed):
-    """(train, validation) ShardedDatasets of (x (H, W, C), labels (h, w) int32, weight)."""
-    return tuple(split_dataset(data_cfg, split, local_batch, world.rank, world.size, seed, limit)
-                 for split, limit in zip(SPLITS, (data_cfg["max_train"], data_cfg["max_val"])))
+    """(train, validation) ShardedDatasets of (x (H, W, C), labels (h, w) int32, weight), read
+    from data.stage_dir when it is set."""
+    listed = {split: READERS[data_cfg["format"]](data_cfg, split, limit)
+              for split, limit in zip(SPLITS, (data_cfg["max_train"], data_cfg["max_val"]))}
+    located = stage_inputs(data_cfg, world, {split: files for split, (files, _) in listed.items()},
+                           seed)
+    return tuple(sharded(data_cfg, split, build(located[split]), local_batch, world.rank,
+                         world.size, seed) for split, (_, build) in listed.items())
 
 
 def split_dataset(data_cfg, split, local_batch, rank=0, size=1, seed=0, limit=None):
-    keys, load, label_shape = READERS[data_cfg["format"]](data_cfg, split, limit)
+    """One split read from data.root (no staging: no collectives, any rank may call it)."""
+    files, build = READERS[data_cfg["format"]](data_cfg, split, limit)
+    return sharded(data_cfg, split, build(files.paths), local_batch, rank, size, seed)
+
+
+def sharded(data_cfg, split, reader, local_batch, rank, size, seed):
+    keys, load, label_shape = reader
     return ShardedDataset(keys, normalised(load, data_cfg, split, label_shape), local_batch,
                           rank, size, training=split == "train", seed=seed,
                           name=f"deepcam {split}", shuffle=data_cfg.get("shuffle", "global"))
@@ -87,8 +99,12 @@ def hdf5_split(data_cfg, split, limit):
 
     def read(f, where):
         return f[DATA][()], f[LABELS][()]
-    reader = H5Reader(paths, [(i,) for i in range(len(paths))], read)
-    return np.arange(len(paths), dtype=np.int64), reader.tf_load, label_shapes.pop()
+    label_shape = label_shapes.pop()
+
+    def build(located):
+        reader = H5Reader(located, [(i,) for i in range(len(located))], read)
+        return np.arange(len(located), dtype=np.int64), reader.tf_load, label_shape
+    return SplitFiles(paths, np.arange(len(paths))[:, None], split == "train"), build
 
 
 def raw_split(data_cfg, split, limit):
@@ -112,7 +128,12 @@ def raw_split(data_cfg, split, limit):
         data = read_raw(path, data_bytes, tf.float32, meta["data_shape"])
         label_path = tf.strings.regex_replace(path, r"\.data$", ".label")
         return data, read_raw(label_path, label_bytes, tf.uint8, label_shape)
-    return np.array(paths), load, label_shape
+
+    def build(located):  # the label file sits next to its data file, in the stage too
+        return np.array(located[0::2]), load, label_shape
+    pairs = [file for path in paths for file in (path, path[:-5] + ".label")]
+    key_files = np.arange(len(pairs)).reshape(-1, 2)
+    return SplitFiles(pairs, key_files, split == "train"), build
 
 
 def read_raw(path, size, dtype, shape):
@@ -124,7 +145,8 @@ def read_raw(path, size, dtype, shape):
         return tf.reshape(tf.io.decode_raw(raw, dtype, little_endian=True), shape)
 
 
-READERS = {"hdf5": hdf5_split, "raw": raw_split}  # format -> (keys, load, label shape)
+# format -> (SplitFiles, build(paths to read) -> (keys, load, label shape))
+READERS = {"hdf5": hdf5_split, "raw": raw_split}
 
 
 def find_stats(root, split):

@@ -15,6 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from common.data import ShardedDataset
+from common.staging import SplitFiles, stage_inputs
 
 LISTED_SPLITS = ("train", "test")  # the splits that carry a list.txt
 MODES = {1: ("L",), 3: ("RGB",)}
@@ -77,14 +78,20 @@ def read_png(path, depth):
     return pixels.reshape(pixels.shape[:2] + (depth,)).astype(np.uint8)
 
 
-def load_pairs(data_cfg, split, ids):
-    """(lr, hr) uint8 arrays (N, H, W, depth); sizes checked against each other and the config."""
+def image_files(data_cfg, split, ids):
+    """The HR and LR image of each id, interleaved: [HR, LR, HR, LR, ...]."""
     folder = os.path.join(data_cfg["root"], split)
+    return [os.path.join(folder, kind, f"{image_id}.png") for image_id in ids
+            for kind in ("HR", "LR")]
+
+
+def load_pairs(data_cfg, split, ids, files=None):
+    """(lr, hr) uint8 arrays (N, H, W, depth); sizes checked against each other and the config.
+    `files` (in image_files order) are the paths to read when not the sources, e.g. staged."""
+    files = files or image_files(data_cfg, split, ids)
     want = (data_cfg["num_rows"], data_cfg["num_cols"])
     lrs, hrs = [], []
-    for image_id in ids:
-        hr_path = os.path.join(folder, "HR", f"{image_id}.png")
-        lr_path = os.path.join(folder, "LR", f"{image_id}.png")
+    for hr_path, lr_path in zip(files[0::2], files[1::2]):
         if not os.path.isfile(lr_path):
             raise FileNotFoundError(f"{lr_path}: missing; it is the LR image of {hr_path}")
         hr, lr = read_png(hr_path, data_cfg["depth"]), read_png(lr_path, data_cfg["depth"])
@@ -103,30 +110,45 @@ def first(ids, limit):
     return ids if limit is None else ids[:int(limit)]
 
 
+def staged_pairs(data_cfg, world, ids):
+    """{split: ids} -> {split: (lr, hr)}, read from data.stage_dir when it is set. Every rank
+    decodes every image of a split, so a node stages them all, whatever data.shuffle says."""
+    files = {split: SplitFiles(image_files(data_cfg, split, names))
+             for split, names in ids.items()}
+    located = stage_inputs(data_cfg, world, files)
+    return {split: load_pairs(data_cfg, split, names, located[split])
+            for split, names in ids.items()}
+
+
 def make_datasets(data_cfg, local_batch, world, seed):
     """(train crops, validation full images) ShardedDatasets of (x, y=[HR, LR], weight)."""
     crop = data_cfg["crop"]
     if crop > min(data_cfg["num_rows"], data_cfg["num_cols"]):
         raise ValueError(f"data.crop {crop} is larger than the {data_cfg['num_cols']}x"
                          f"{data_cfg['num_rows']} images")
-    ids = first(split_ids(data_cfg["root"], "train", world), data_cfg["max_train"])
-    lr, hr = load_pairs(data_cfg, "train", ids)
-    train = ShardedDataset(np.arange(len(ids) * data_cfg["crops_per_image"]),
+    ids = {split: first(split_ids(data_cfg["root"], split, world), data_cfg[limit])
+           for split, limit in (("train", "max_train"), ("val", "max_val"))}
+    pairs = staged_pairs(data_cfg, world, ids)
+    lr, hr = pairs["train"]
+    train = ShardedDataset(np.arange(len(ids["train"]) * data_cfg["crops_per_image"]),
                            crop_loader(lr, hr, crop, data_cfg["crops_per_image"]), local_batch,
                            world.rank, world.size, training=True, seed=seed, name="edsr train",
                            seeded_load=True, shuffle=data_cfg.get("shuffle", "global"))
-    return train, full_images(data_cfg, "val", world, data_cfg["max_val"])
+    return train, full_images(data_cfg, "val", world, pairs=pairs["val"])
 
 
-def full_images(data_cfg, split, world, limit=None):
-    """Every full image of `split` once (padded shards), in batches of data.eval_batch."""
-    ids = first(split_ids(data_cfg["root"], split, world), limit)
-    lr, hr = (tf.Variable(a, trainable=False) for a in load_pairs(data_cfg, split, ids))
+def full_images(data_cfg, split, world, limit=None, pairs=None):
+    """Every full image of `split` once (padded shards), in batches of data.eval_batch.
+    `pairs`: the split's (lr, hr) when already loaded."""
+    if pairs is None:
+        ids = first(split_ids(data_cfg["root"], split, world), limit)
+        pairs = staged_pairs(data_cfg, world, {split: ids})[split]
+    lr, hr = (tf.Variable(a, trainable=False) for a in pairs)
 
     def load(index):
         return tf.cast(lr[index], tf.float32), tf.cast(tf.concat([hr[index], lr[index]], -1),
                                                         tf.float32)
-    return ShardedDataset(np.arange(len(ids)), load, data_cfg["eval_batch"], world.rank,
+    return ShardedDataset(np.arange(len(pairs[0])), load, data_cfg["eval_batch"], world.rank,
                           world.size, training=False, name=f"edsr {split}")
 
 
