@@ -19,8 +19,10 @@ import time
 
 import tensorflow as tf
 
-from common.bench import load_config, number, spread
+from common.bench import number, spread
+from common.config import COMMON_DEFAULTS, merge_defaults, resolve
 from common.distributed import World
+from common.multires import plan_stages
 from common.optimizers import make_optimizer
 from common.trainer import Trainer
 
@@ -37,9 +39,16 @@ SETTINGS = {  # name -> config assignments (None: Keras model.fit)
 }
 
 
-def trainer_run(app, config, sets, out):
+def load_config(app, config, sets, epochs):
+    """The resolved config, every stage trained for `epochs`, and its last stage."""
+    cfg = resolve(merge_defaults(COMMON_DEFAULTS, app.DEFAULTS), config, sets,
+                  {"epochs": epochs})
+    return cfg, plan_stages(cfg)[-1]
+
+
+def trainer_run(app, config, sets, epochs, out):
     """(samples/s of each epoch after the first, last record) of one Trainer run."""
-    cfg, _ = load_config(app.DEFAULTS, config, sets + [f"output_dir={out}"])
+    cfg, _ = load_config(app, config, sets + [f"output_dir={out}"], epochs)
     tf.keras.utils.set_random_seed(cfg["seed"])
     logger = logging.getLogger("epoch_bench")
     logger.setLevel(logging.WARNING)
@@ -50,32 +59,21 @@ def trainer_run(app, config, sets, out):
     return [samples / r["epoch_s"] for r in history[1:]], history[-1]
 
 
-def keras_fit_run(app, config, sets, out):
+def keras_fit_run(app, config, sets, epochs, out):
     """The same network, data, batch and optimizer (constant LR) trained by model.fit."""
-    cfg, stage = load_config(app.DEFAULTS, config, sets + [f"output_dir={out}"])
+    cfg, stage = load_config(app, config, sets + [f"output_dir={out}"], epochs)
     tf.keras.utils.set_random_seed(cfg["seed"])
     task = app.make_task(cfg)
     train, _ = task.make_datasets(stage, stage.train["local_batch"], World(), cfg["seed"])
     model = task.build_model(stage)
     model.compile(make_optimizer(stage.train, stage.train["lr"]["base"]),
                   loss=lambda y, p: task.loss(y, tf.cast(p, tf.float32)))
-    timer = EpochTimer()
-    batches = train.steps_per_epoch * train.local_batch
-    for epoch in range(stage.epochs):  # the Trainer's epoch order, one fit call per epoch
-        model.fit(train.epoch(epoch), epochs=1, verbose=0, callbacks=[timer])
-    return [batches / s for s in timer.seconds[1:]], {}
-
-
-class EpochTimer(tf.keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.start)
+    batches, seconds = train.steps_per_epoch * train.local_batch, []
+    for epoch in range(stage.epochs):  # the Trainer's epoch order; timed as its epochs are,
+        start = time.perf_counter()    # the input pipeline's start included
+        model.fit(train.epoch(epoch), epochs=1, verbose=0)
+        seconds.append(time.perf_counter() - start)
+    return [batches / s for s in seconds[1:]], {}
 
 
 def main(argv=None):
@@ -92,8 +90,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix=f"epoch-bench-{args.app}-") as tmp:
         data = os.path.join(tmp, "data")
         importlib.import_module(f"{args.app}.make_data").write_demo(data)
-        sets = [f"data.root={data}", f"train.epochs={args.epochs}", "log.progress=false",
-                *args.set]
+        sets = [f"data.root={data}", "log.progress=false", *args.set]
         rates = {name: [] for name in args.settings}
         last = {}
         for repeat in range(args.repeats):
@@ -101,7 +98,7 @@ def main(argv=None):
                 run = keras_fit_run if SETTINGS[name] is None else trainer_run
                 out = os.path.join(tmp, f"run{repeat}-{len(rates[name])}-{hash(name)}")
                 epoch_rates, last[name] = run(app, SINGLE_STAGE[args.app],
-                                              sets + (SETTINGS[name] or []), out)
+                                              sets + (SETTINGS[name] or []), args.epochs, out)
                 rates[name].append(statistics.median(epoch_rates))
                 rates.setdefault(f"{name} (epochs)", []).extend(epoch_rates)
     report(args, rates, last)

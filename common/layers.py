@@ -34,3 +34,20 @@ class SeededDropout(tf.keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+class LeakyReLU(tf.keras.layers.Layer):
+    """max(x, alpha * x), Keras' LeakyReLU written as a maximum. Grappler's remapper fuses a
+    LeakyRelu op into the convolution before it, which fails on a training graph (the gradient
+    needs the pre-activation) and prints "remapper failed ... LeakyReluGrad" at every trace;
+    a maximum is left alone, and the convolution still fuses with its bias."""
+
+    def __init__(self, alpha=0.3, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha = float(alpha)
+
+    def call(self, inputs):
+        return tf.maximum(inputs, tf.cast(self.alpha, inputs.dtype) * inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}

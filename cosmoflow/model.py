@@ -8,7 +8,7 @@ resolution-agnostic.
 import tensorflow as tf
 from tensorflow.keras import layers
 
-from common.layers import SeededDropout
+from common.layers import LeakyReLU, SeededDropout
 
 NETWORKS = {
     # 7-conv network of the multi-resolution code: BN + ReLU + average pooling, dense 2048-256-4.
@@ -59,7 +59,7 @@ def build_model(model_cfg, input_shape, n_targets=4):
             x = layers.BatchNormalization(name=f"bn{i}")(x)
             x = layers.ReLU(name=f"relu{i}")(x)
         else:
-            x = layers.LeakyReLU(name=f"act{i}")(x)
+            x = LeakyReLU(name=f"act{i}")(x)
         if pool:
             pooling = layers.AveragePooling3D if seed7 else layers.MaxPool3D
             x = pooling(2, padding="same", name=f"pool{i}", dtype=pooling_dtype())(x)
@@ -71,7 +71,7 @@ def build_model(model_cfg, input_shape, n_targets=4):
     l2 = tf.keras.regularizers.L2(spec["l2"]) if spec["l2"] else None
     for i, units in enumerate(spec["dense"], start=1):
         x = layers.Dense(units, kernel_regularizer=l2, name=f"dense{i}")(x)
-        x = layers.ReLU(name=f"dense_relu{i}")(x) if seed7 else layers.LeakyReLU(
+        x = layers.ReLU(name=f"dense_relu{i}")(x) if seed7 else LeakyReLU(
             name=f"dense_act{i}")(x)
         x = SeededDropout(spec["dropout"], name=f"dropout{i}")(x)
     if seed7:
