@@ -31,7 +31,7 @@ def random_batch(stage, local_batch, rng):
             np.ones(local_batch, np.float32))
 
 
-# The scaling mode measures the MLPerf network on 32^3 cubes (1.4M of its 5.6M parameters)
+# The scaling mode measures the MLPerf network on 32^3 cubes (1.5M of its 5.6M parameters)
 SCALING = ScalingApp(DEFAULTS, make_task, "cosmoflow/configs/mlperf.yaml", random_batch,
                      modest=["data.resolution=32"], local_batch=4)
 
