@@ -18,14 +18,31 @@ import os
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
 from common.bench import endless, load_config, measure, print_rates, ratio, stepper, training
 from common.distributed import init_world
 from common.logs import get_logger
 from common.optimizers import make_optimizer
+from common.scaling import ScalingApp
 from cosmoflow import make_data
+from cosmoflow.data import sample_shape
 from cosmoflow.train import DEFAULTS, make_task
+
+
+def random_batch(stage, local_batch, rng):
+    """log(counts + 1) cubes and parameters in [-1, 1]: a step's cost does not depend on the
+    values, only on their shapes."""
+    counts = rng.poisson(3.0, (local_batch, *sample_shape(stage.data)))
+    return (np.log1p(counts).astype(np.float32),
+            rng.uniform(-1, 1, (local_batch, 4)).astype(np.float32),
+            np.ones(local_batch, np.float32))
+
+
+# The scaling mode measures the MLPerf network on 32^3 cubes (1.5M of its 5.6M parameters)
+SCALING = ScalingApp(DEFAULTS, make_task, "cosmoflow/configs/mlperf.yaml", random_batch,
+                     modest=["data.resolution=32"], local_batch=4)
 
 
 def parse_args(argv=None):

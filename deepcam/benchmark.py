@@ -18,12 +18,28 @@ import numpy as np
 
 from common.bench import endless, load_config, measure, print_rates, ratio, stepper, training
 from common.distributed import init_world
+from common.scaling import ScalingApp
 from deepcam import convert, data, make_data
 from deepcam.train import DEFAULTS, make_task
 
 NETS = {"full": {"width": 1.0, "middle_blocks": 16},   # the reference network
         "thin": {"width": 0.25, "middle_blocks": 4}}
 H100_SAMPLES_PER_S = 82  # one GPU's training rate in the MLPerf HPC v3.0 results
+
+
+def random_batch(stage, local_batch, rng):
+    """Normalised fields and labels of the 3 classes: a step's cost depends on shapes only."""
+    rows, cols = stage.data["shape"]
+    channels = len(data.channel_indices(stage.data))
+    return (rng.standard_normal((local_batch, rows, cols, channels)).astype(np.float32),
+            rng.integers(0, 3, (local_batch, rows, cols)).astype(np.int32),
+            np.ones(local_batch, np.float32))
+
+
+# The scaling mode measures the thin network on 96x144 fields; the full one is the config's.
+SCALING = ScalingApp(DEFAULTS, make_task, "deepcam/configs/mlperf.yaml", random_batch,
+                     modest=["model.width=0.25", "model.middle_blocks=4", "data.shape=[96,144]"],
+                     local_batch=2)
 
 
 def parse_args(argv=None):

@@ -11,13 +11,32 @@ written to a temporary folder.
 import argparse
 import tempfile
 
+import numpy as np
+
 from common.bench import endless, load_config, measure, print_rates, ratio, stepper, training
 from common.distributed import init_world
+from common.scaling import ScalingApp
 from common.steps import make_eval_step
 from edsr import data, make_data
 from edsr.train import DEFAULTS, make_task
 
 NETS = {"seed": {"layers": 16, "filters": 256}, "thin": {"layers": 4, "filters": 32}}
+
+
+def random_batch(stage, local_batch, rng):
+    """JPEG crops and (HR, JPEG) targets as the crop pipeline yields them: a step's cost
+    depends on shapes only."""
+    crop, depth = stage.data["crop"], stage.data["depth"]
+    x = rng.integers(0, 256, (local_batch, crop, crop, depth)).astype(np.float32)
+    hr = rng.integers(0, 256, x.shape).astype(np.float32)
+    return x, np.concatenate([hr, x], axis=-1), np.ones(local_batch, np.float32)
+
+
+# The scaling mode measures the thin network at the seed's 32x32 crops and local batch 16 (the
+# seed's whole batch on each rank); the full network is the seed's 16 x 256.
+SCALING = ScalingApp(DEFAULTS, make_task, "edsr/configs/seed.yaml", random_batch,
+                     modest=[f"model.{key}={value}" for key, value in NETS["thin"].items()],
+                     local_batch=16)
 
 
 def parse_args(argv=None):

@@ -2,6 +2,9 @@
 
 APP is cosmoflow, deepcam or edsr; `--app APP --help` lists that app's options (its
 <app>/benchmark.py). Every figure is a median over repeats measured round-robin in one run.
+
+    --scaling        throughput at 1 and 2 ranks and one allreduce (common/scaling.py)
+    --model-scaling  predicted efficiency on a GPU cluster (common/scaling_model.py)
 """
 import argparse
 import importlib
@@ -15,7 +18,14 @@ APPS = ("cosmoflow", "deepcam", "edsr")
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
     parser.add_argument("--app", choices=APPS, default="cosmoflow")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--scaling", action="store_true")
+    mode.add_argument("--model-scaling", action="store_true")
     args, rest = parser.parse_known_args(argv)
+    if args.scaling:
+        return importlib.import_module("common.scaling").main(args.app, rest)
+    if args.model_scaling:
+        return importlib.import_module("common.scaling_model").main(args.app, rest)
     return importlib.import_module(f"{args.app}.benchmark").main(rest)
 
 
