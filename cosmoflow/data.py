@@ -195,7 +195,7 @@ def expect_shape(path, name, shape, expected, resolution):
 
 
 def seed_hdf5_split(cfg, split, limit):
-    root, resolution = cfg["root"], int(cfg["resolution"])
+    resolution = int(cfg["resolution"])
     paths = split_file_paths(cfg, split)
     table = []
     for file_index, path in enumerate(paths):

@@ -3,7 +3,7 @@ a positive rate, a ratio to the default Trainer that matches the rates per repea
 validation metric where the setting does not change the arithmetic."""
 import re
 
-from conftest import REPO, run_ranks
+from conftest import run_ranks
 
 LINE = (r"  {name}\s+([0-9.]+) samples/s\s+\[([0-9.]+) - ([0-9.]+)\]"
         r"(?:\s+x([0-9.]+) \[([0-9.]+)-([0-9.]+)\])?(?:\s+last val_mae ([0-9.]+))?")
