@@ -67,9 +67,10 @@ def stepper(batches):
     return run
 
 
-def load_config(app_defaults, config, sets=()):
-    """The resolved config of a shipped YAML and its last stage (the full-resolution one)."""
-    cfg = resolve(merge_defaults(COMMON_DEFAULTS, app_defaults), config, list(sets))
+def load_config(app_defaults, config, sets=(), flags=None):
+    """The resolved config of a shipped YAML and its last stage (the full-resolution one);
+    `flags` as train.py's plain flags (e.g. {"epochs": 4} for every stage)."""
+    cfg = resolve(merge_defaults(COMMON_DEFAULTS, app_defaults), config, list(sets), flags)
     return cfg, plan_stages(cfg)[-1]
 
 

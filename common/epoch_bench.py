@@ -19,10 +19,8 @@ import time
 
 import tensorflow as tf
 
-from common.bench import number, spread
-from common.config import COMMON_DEFAULTS, merge_defaults, resolve
+from common.bench import load_config, number, spread
 from common.distributed import World
-from common.multires import plan_stages
 from common.optimizers import make_optimizer
 from common.trainer import Trainer
 
@@ -39,16 +37,9 @@ SETTINGS = {  # name -> config assignments (None: Keras model.fit)
 }
 
 
-def load_config(app, config, sets, epochs):
-    """The resolved config, every stage trained for `epochs`, and its last stage."""
-    cfg = resolve(merge_defaults(COMMON_DEFAULTS, app.DEFAULTS), config, sets,
-                  {"epochs": epochs})
-    return cfg, plan_stages(cfg)[-1]
-
-
 def trainer_run(app, config, sets, epochs, out):
     """(samples/s of each epoch after the first, last record) of one Trainer run."""
-    cfg, _ = load_config(app, config, sets + [f"output_dir={out}"], epochs)
+    cfg, _ = load_config(app.DEFAULTS, config, sets + [f"output_dir={out}"], {"epochs": epochs})
     tf.keras.utils.set_random_seed(cfg["seed"])
     logger = logging.getLogger("epoch_bench")
     logger.setLevel(logging.WARNING)
@@ -61,7 +52,8 @@ def trainer_run(app, config, sets, epochs, out):
 
 def keras_fit_run(app, config, sets, epochs, out):
     """The same network, data, batch and optimizer (constant LR) trained by model.fit."""
-    cfg, stage = load_config(app, config, sets + [f"output_dir={out}"], epochs)
+    cfg, stage = load_config(app.DEFAULTS, config, sets + [f"output_dir={out}"],
+                             {"epochs": epochs})
     tf.keras.utils.set_random_seed(cfg["seed"])
     task = app.make_task(cfg)
     train, _ = task.make_datasets(stage, stage.train["local_batch"], World(), cfg["seed"])

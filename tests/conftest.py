@@ -49,3 +49,12 @@ def write_config(path, cfg):
 def read_metrics(out_dir):
     with open(Path(out_dir) / "metrics.jsonl") as f:
         return [json.loads(line) for line in f]
+
+
+def write_cosmo_stages(root, train, val, seed):
+    """16^3 CosmoFlow TFRecords in <root>/full and their 8^3 coarsening in <root>/coarse."""
+    from cosmoflow.coarsen import coarsen_tfrecord_dataset
+    from cosmoflow.make_data import write_tfrecord
+    write_tfrecord(str(root / "full"), size=16, train=train, val=val, seed=seed)
+    coarsen_tfrecord_dataset(str(root / "full"), str(root / "coarse"))
+    return root

@@ -10,10 +10,10 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from conftest import REPO, command, launch_env, read_metrics, run_ranks, write_config
+from conftest import (REPO, command, launch_env, read_metrics, run_ranks, write_config,
+                      write_cosmo_stages)
 from cosmoflow.model import build_model
 from cosmoflow.make_data import write_tfrecord
-from cosmoflow.coarsen import coarsen_tfrecord_dataset
 
 TRAIN = REPO / "cosmoflow" / "train.py"
 DRIVER = REPO / "tests" / "mpi_driver.py"
@@ -23,10 +23,7 @@ LEARNER = {"name": "mlperf", "head": "global_pool", "width_scale": 0.5, "dropout
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cosmo")
-    write_tfrecord(str(root / "full"), size=16, train=256, val=64, seed=1)
-    coarsen_tfrecord_dataset(str(root / "full"), str(root / "coarse"))
-    return root
+    return write_cosmo_stages(tmp_path_factory.mktemp("cosmo"), train=256, val=64, seed=1)
 
 
 def two_stage(data, out, model=MODEL, max_train=64, epochs=(4, 3)):

@@ -8,19 +8,14 @@ import pytest
 import tensorflow as tf
 
 from common.lr import WarmupDecay
-from conftest import REPO, read_metrics, run_ranks, write_config
-from cosmoflow.coarsen import coarsen_tfrecord_dataset
-from cosmoflow.make_data import write_tfrecord
+from conftest import REPO, read_metrics, run_ranks, write_config, write_cosmo_stages
 
 DRIVER = REPO / "tests" / "mpi_driver.py"
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cosmo")
-    write_tfrecord(str(root / "full"), size=16, train=32, val=8, seed=6)
-    coarsen_tfrecord_dataset(str(root / "full"), str(root / "coarse"))
-    return root
+    return write_cosmo_stages(tmp_path_factory.mktemp("cosmo"), train=32, val=8, seed=6)
 
 
 def two_stages(data, out, carry=False, full_optimizer="adam"):
