@@ -61,6 +61,9 @@ STAGE_KEYS = ("name", "data", "model", "train")
 
 COMMON_DEFAULTS = {
     "seed": Range(0, low=0),
+    # TensorFlow's deterministic kernels: a seed then fixes the whole run, bit for bit, on the
+    # same machine and rank count (without it, threads sum in varying order). Slower.
+    "deterministic": False,
     "output_dir": "runs/out",
     "resume": False,
     "test": False,  # evaluate the latest checkpoint on the test split instead of training

@@ -25,12 +25,15 @@ def run(app_defaults, make_task, description, argv=None):
         world = init_world(cfg["horovod"], cfg["output_dir"])
         log = get_logger(world)
         tf.keras.utils.set_random_seed(cfg["seed"])  # identical initial weights on every rank
+        if cfg["deterministic"]:
+            tf.config.experimental.enable_op_determinism()
         if world.is_root and not cfg["test"]:  # --test leaves the training run's files alone
             os.makedirs(cfg["output_dir"], exist_ok=True)
             save_config(cfg, os.path.join(cfg["output_dir"], "config.yaml"))
             with open(os.path.join(cfg["output_dir"], "run.json"), "w") as f:
                 json.dump(run_record(world, [sys.executable, *sys.argv]), f, indent=1)
-        log.info(f"{description}: {world.size} rank(s), output in {cfg['output_dir']}")
+        log.info(f"{description}: {world.size} rank(s), output in {cfg['output_dir']}"
+                 + (", deterministic kernels" if cfg["deterministic"] else ""))
         trainer = Trainer(cfg, make_task(cfg), world, log, name=description.lower())
         if cfg["test"]:
             return trainer.test()

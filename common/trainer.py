@@ -15,9 +15,11 @@ from common import lr as lr_rules
 from common.checkpoint import CheckpointStore
 from common.logs import MetricsLog
 from common.data import common_spec
+from common.learner import (Learner, continue_schedule, continuing_stages, schedule_args, switch,
+                            world_change)
 from common.multires import (EarlyStopping, FinalStageProbe, describe_target, plan_stages,
-                             reached, same_network, transfer_weights)
-from common.optimizers import make_optimizer, unwrapped, with_loss_scaling
+                             reached, transfer_weights)
+from common.optimizers import make_optimizer, with_loss_scaling
 from common.steps import StepRunner, draws_random_numbers, make_eval_step, make_train_step
 from common.summary import run_summary, summary_lines
 from common.mlperf_log import MLPerfLog
@@ -41,19 +43,6 @@ class Task:
     on_validation: Optional[Callable] = None
     maximize: tuple = ()       # metric names where higher is better (IoU, PSNR); others: lower
     make_test_data: Optional[Callable] = None  # (stage, local_batch, world) -> ShardedDataset
-
-
-@dataclass
-class Learner:
-    """A model and what trains it. Consecutive stages that train the same network share one:
-    weights, optimizer state and compiled steps carry over, with the LR schedule restarted."""
-    model: object
-    optimizer: object
-    schedule: object
-    train_spec: object = None  # batch shapes loosened to fit every stage sharing the learner
-    val_spec: object = None
-    runner: Optional[StepRunner] = None
-    eval_step: Optional[Callable] = None
 
 
 @dataclass
@@ -217,13 +206,6 @@ class Trainer:
             f"{val_data.num_samples} val samples, {train_data.steps_per_epoch} steps/epoch")
         return StageSetup(local, global_, peak, train_data, val_data)
 
-    @staticmethod
-    def _schedule_args(stage, setup):
-        lr = stage.train["lr"]
-        return (lr["base"], setup.peak_lr, setup.train_data.steps_per_epoch, stage.epochs,
-                lr["warmup_epochs"], lr["decay"], lr["decay_epochs"], lr["decay_factors"],
-                lr["min_lr"])
-
     def _build_model(self, stage):
         """The app's model for `stage`, its layers computing in the stage's precision."""
         tf.keras.mixed_precision.set_global_policy(stage.train["precision"])
@@ -232,18 +214,21 @@ class Trainer:
     def _build(self, stage, setup, previous, state):
         """The stage's learner: the previous stage's one when this stage continues it."""
         if previous is not None and state is None and self.continues[stage.index]:
-            return self._switch(previous, stage, setup)
+            return switch(previous, stage, setup, self.log)
         model = self._build_model(stage)
         if previous is not None and state is None:
             for line in transfer_weights(previous.model, model).lines():
                 self.log.info(line)
-        schedule = lr_rules.WarmupDecay(*self._schedule_args(stage, setup))
+        schedule = lr_rules.WarmupDecay(*schedule_args(stage, setup))
         optimizer = make_optimizer(stage.train, schedule)
         optimizer.build(model.trainable_variables)
         optimizer = with_loss_scaling(optimizer, stage.train["precision"])
         if state is not None:
             self.store.restore(model, optimizer, state)
-            self._continue_schedule(optimizer, schedule, stage, setup, state)
+            continue_schedule(optimizer, schedule, stage, setup, state)
+            change = world_change(state, self.world, setup, float(schedule(optimizer.iterations)))
+            if change:
+                self.log.info(change)
         # Same starting point everywhere: re-initialised layers, restored or fresh optimizer state.
         self.world.broadcast_variables(model.variables + optimizer.variables)
         learner = Learner(model, optimizer, schedule)
@@ -254,49 +239,14 @@ class Trainer:
         return learner
 
     def _stages_continuing(self, stage, model):
-        """Indices of `stage` and of the stages after it that will keep training `model`: same
-        model and step settings, and every weight the same name and shape. Their batches are
-        then traced once, with the dimensions that differ between stages left open."""
-        group = [stage.index]
-        for later in self.stages[stage.index + 1:]:
-            before = self.stages[group[-1]]
-            if not same_network(before, later, model, self._build_model(later)):
-                break
-            self.continues[later.index] = True
-            group.append(later.index)
+        """Indices of `stage` and of the later stages that keep training `model` (marked in
+        self.continues). Their batches are traced once, with the dimensions that differ
+        between stages left open."""
+        group = continuing_stages(self.stages, stage, model, self._build_model)
+        for index in group[1:]:
+            self.continues[index] = True
         tf.keras.mixed_precision.set_global_policy(stage.train["precision"])
         return group
-
-    def _switch(self, learner, stage, setup):
-        """Carry the learner into `stage`: the LR schedule restarts at this stage's step 0;
-        the optimizer starts afresh (zeroed slots and step count) unless
-        train.carry_optimizer."""
-        optimizer = unwrapped(learner.optimizer)
-        if not stage.train["carry_optimizer"]:
-            for var in optimizer.variables:
-                var.assign(tf.zeros_like(var))
-        learner.schedule.restart(*self._schedule_args(stage, setup),
-                                 first_step=int(optimizer.iterations))
-        kept = "carried over" if stage.train["carry_optimizer"] else "reset"
-        self.log.info(f"stage '{stage.name}' continues training the same network: every weight "
-                      f"and the compiled steps carry over, the optimizer state is {kept}")
-        return learner
-
-    def _continue_schedule(self, optimizer, schedule, stage, setup, state):
-        """Put the LR schedule at the restored epoch in this run's steps: steps per epoch change
-        when the rank count does (weak scaling, uneven shards), the epoch does not. The
-        optimizer's own step count (Adam's bias correction) stays as restored."""
-        epochs_done = state["epoch"] + 1
-        schedule.restart(*self._schedule_args(stage, setup), first_step=int(
-            optimizer.iterations) - epochs_done * setup.train_data.steps_per_epoch)
-        before = state.get("world")
-        if before and before["size"] != self.world.size:
-            self.log.info(
-                f"resuming on {self.world.size} rank(s) a run checkpointed on {before['size']}: "
-                f"local batch {before['local_batch']} -> {setup.local_batch}, global batch "
-                f"{before['global_batch']} -> {setup.global_batch}, peak LR "
-                f"{before['peak_lr']:g} -> {setup.peak_lr:g}; the LR schedule continues at "
-                f"epoch {epochs_done} with LR {float(schedule(optimizer.iterations)):g}")
 
     def _world_state(self, setup):
         """What a resume on another rank count compares itself with."""

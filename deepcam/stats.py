@@ -10,6 +10,7 @@ partial sums, minima and maxima are combined on rank 0.
 import argparse
 import glob
 import os
+from functools import partial
 
 import h5py
 import numpy as np
@@ -72,9 +73,7 @@ def main(argv=None):
         from mpi4py import MPI
         comm = MPI.COMM_WORLD
         rank, size = comm.Get_rank(), comm.Get_size()
-
-        def gather(part):
-            return comm.gather(part, root=0)
+        gather = partial(comm.gather, root=0)
     stats = compute(a.root, a.split, rank, size, gather)
     if rank == 0:
         out = a.out or os.path.join(a.root, "stats.h5")

@@ -1,6 +1,7 @@
 """Does multi-resolution training pay off? Time-to-accuracy of stage plans on the same data.
 
     python scripts/multires_study.py --app cosmoflow --preset small [--out DIR] [--seeds 0 1 2]
+                                     [--reuse]
 
 Runs every plan of the preset (scripts/study_presets.yaml: e.g. full resolution only, and coarse
 then full) for every seed on the same synthetic data, machine and hyperparameters, then reports
@@ -9,6 +10,9 @@ time and epochs to reach the target, and the time spent in each stage. The metri
 always the full-resolution one (log.final_val scores coarse stages on full-resolution validation
 data). The target is the first plan's median best metric, loosened by the tolerance. Writes
 DIR/study.md (table), DIR/study.png (metric against wall-clock seconds) and DIR/study.json.
+With --reuse, a run that finished in DIR with the same command is read instead of trained again:
+a plan added to the preset, or a study cut short, costs only its missing runs (the reused runs
+were timed under the machine load of their own time).
 """
 import argparse
 import json
@@ -141,18 +145,26 @@ def make_data(preset, data_dir):
     open(done, "w").close()
 
 
-def train(preset, plan_args, seed, data_dir, out):
-    """One training run through the local launcher; returns its epoch records."""
+def train(preset, plan_args, seed, data_dir, out, reuse=False):
+    """One training run through the local launcher; returns its epoch records and whether a
+    finished run of the same command was reused."""
     config, *overrides = plan_args
     argv = ["bash", os.path.join(ROOT, "scripts", "launch", "local.sh"), str(preset["ranks"]),
             config, "--data-dir", data_dir, "--output-dir", out, "--seed", str(seed),
             "--set", "log.final_val=true", "--set", "log.progress=false",
             *preset.get("common", []), *overrides]
+    metrics, finished = os.path.join(out, "metrics.jsonl"), out + ".command.json"
+    if reuse and os.path.exists(os.path.join(out, "summary.json")) and os.path.exists(finished):
+        with open(finished) as f:
+            if json.load(f) == argv:
+                return MetricsLog(metrics, "jsonl").read(), True
     if os.path.isdir(out):
         subprocess.run(["rm", "-rf", out], check=True)
     os.makedirs(out)
     run_command(argv, out + ".log")
-    return MetricsLog(os.path.join(out, "metrics.jsonl"), "jsonl").read()
+    with open(finished, "w") as f:  # written last: only a finished run is ever reused
+        json.dump(argv, f)
+    return MetricsLog(metrics, "jsonl").read(), False
 
 
 def parse_args(argv=None):
@@ -162,6 +174,9 @@ def parse_args(argv=None):
     parser.add_argument("--out", help="study folder (default runs/study-APP-PRESET)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     parser.add_argument("--presets", default=PRESETS, help="presets YAML")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read runs that finished in the study folder with the same command "
+                             "instead of training them again")
     return parser.parse_args(argv)
 
 
@@ -188,9 +203,11 @@ def main(argv=None):
     for seed in seeds:  # plans interleaved, so machine noise spreads over all of them
         for plan, plan_args in preset["plans"].items():
             t0 = time.perf_counter()
-            runs[plan].append(train(preset, plan_args, seed, data_dir,
-                                    os.path.join(out, f"{plan}-seed{seed}")))
-            print(f"[study] {plan} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+            records, reused = train(preset, plan_args, seed, data_dir,
+                                    os.path.join(out, f"{plan}-seed{seed}"), args.reuse)
+            runs[plan].append(records)
+            print(f"[study] {plan} seed {seed}: " + ("reused a finished run" if reused else
+                  f"{time.perf_counter() - t0:.0f} s"), flush=True)
     metric, mode = preset["metric"], preset["mode"]
     reference = runs[next(iter(runs))]
     target = target_value([summarise_run(r, metric, mode)["best"] for r in reference],

@@ -1,6 +1,7 @@
 """Runs an app's training exactly as <app>/train.py does, and also saves each rank's weights when
 every stage starts (after the weight hand-over and broadcast) and when training ends, and how
-many times the training steps were traced (traces-rank<r>.json).
+many times the training steps were traced and whether TensorFlow's deterministic kernels were on
+(traces-rank<r>.json).
 
     python tests/mpi_driver.py APP DUMP_DIR --config FILE [train.py options]
 """
@@ -9,6 +10,7 @@ import json
 import sys
 
 import numpy as np
+from tensorflow.python.framework import config as tf_config
 
 from common import trainer as trainer_module
 from common.launch import run
@@ -37,7 +39,8 @@ def fit_and_dump(self):
     np.savez(f"{dump_dir}/end-rank{self.world.rank}.npz", *self.model.get_weights())
     with open(f"{dump_dir}/traces-rank{self.world.rank}.json", "w") as f:
         json.dump({"train_steps": len(train_steps), "traces": sum(
-            step.experimental_get_tracing_count() for step in train_steps)}, f)
+            step.experimental_get_tracing_count() for step in train_steps),
+            "op_determinism": tf_config.is_op_determinism_enabled()}, f)
     return history
 
 

@@ -134,6 +134,27 @@ def test_gradient_averaging_matches_one_rank_with_the_double_batch(data, tmp_pat
     assert "ALLREDUCE" in timeline.upper()
 
 
+
+def test_deterministic_runs_repeat_bit_for_bit_on_two_ranks(data, tmp_path):
+    """`deterministic: true` turns TensorFlow's deterministic kernels on in every rank, and two
+    runs of one seed (two stages, the continuing one included) end with identical weights."""
+    for name in ("a", "b"):
+        (tmp_path / f"dumps-{name}").mkdir()
+        cfg = two_stage(data, tmp_path / name, model=LEARNER, max_train=32, epochs=(2, 2))
+        config = write_config(tmp_path / f"{name}.yaml", {**cfg, "deterministic": True})
+        result = run_ranks(2, [DRIVER, "cosmoflow", tmp_path / f"dumps-{name}",
+                               "--config", config])
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert "deterministic kernels" in result.stdout
+        for rank in (0, 1):
+            traces = json.loads((tmp_path / f"dumps-{name}" / f"traces-rank{rank}.json")
+                                .read_text())
+            assert traces["op_determinism"] is True
+    assert_same(tmp_path / "dumps-a" / "end-rank0.npz", tmp_path / "dumps-b" / "end-rank0.npz")
+    assert_same(tmp_path / "dumps-a" / "end-rank0.npz", tmp_path / "dumps-a" / "end-rank1.npz")
+    first, last = read_metrics(tmp_path / "a")[0], read_metrics(tmp_path / "a")[-1]
+    assert last["val_loss"] != first["val_loss"]  # it trained: equal weights mean something
+
 def test_killed_mid_stage_then_resumed_ends_with_the_same_weights(data, tmp_path):
     whole = write_config(tmp_path / "whole.yaml", two_stage(data, tmp_path / "whole"))
     result = run_ranks(2, [TRAIN, "--config", whole])

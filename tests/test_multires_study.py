@@ -59,8 +59,9 @@ def test_unknown_app_or_preset_names_the_choices():
         study.load_preset(study.PRESETS, "cosmoflow", "huge")
 
 
-def test_tiny_preset_writes_table_plot_and_summary(tmp_path):
+def test_tiny_preset_writes_table_plot_and_summary(tmp_path, capsys):
     study.main(["--app", "cosmoflow", "--preset", "tiny", "--out", str(tmp_path)])
+    assert "reused" not in capsys.readouterr().out
     summary = json.loads((tmp_path / "study.json").read_text())
     assert set(summary["runs"]) == {"full_only", "multires"}
     assert all(len(runs) == 2 for runs in summary["runs"].values())
@@ -74,3 +75,14 @@ def test_tiny_preset_writes_table_plot_and_summary(tmp_path):
     assert "coarse " in table and "Median time to target relative" in table
     image = matplotlib.image.imread(tmp_path / "study.png")
     assert image.shape[0] > 100 and image.shape[1] > 100
+
+    # --reuse reads the finished runs; a run without its finished-command record trains again.
+    metrics = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*-seed*/metrics.jsonl")}
+    (tmp_path / "multires-seed1.command.json").unlink()
+    study.main(["--app", "cosmoflow", "--preset", "tiny", "--out", str(tmp_path), "--reuse"])
+    out = capsys.readouterr().out
+    assert out.count("reused a finished run") == 3 and "multires seed 1: reused" not in out
+    changed = [p.parent.name for p, t in metrics.items() if p.stat().st_mtime_ns != t]
+    assert changed == ["multires-seed1"]
+    again = json.loads((tmp_path / "study.json").read_text())
+    assert again["runs"]["full_only"] == summary["runs"]["full_only"]

@@ -1,0 +1,80 @@
+"""What trains a model: the model, its optimizer and LR schedule, and the compiled steps.
+
+Consecutive stages that train the same network share one learner: weights, compiled steps and
+(with train.carry_optimizer) the optimizer state carry over, and the LR schedule restarts.
+"""
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+from common.multires import same_network
+from common.optimizers import unwrapped
+from common.steps import StepRunner
+
+
+@dataclass
+class Learner:
+    model: object
+    optimizer: object
+    schedule: object
+    train_spec: object = None  # batch shapes loosened to fit every stage sharing the learner
+    val_spec: object = None
+    runner: Optional[StepRunner] = None
+    eval_step: Optional[Callable] = None
+
+
+def schedule_args(stage, setup):
+    """The stage's WarmupDecay arguments, for its steps per epoch and peak LR."""
+    lr = stage.train["lr"]
+    return (lr["base"], setup.peak_lr, setup.train_data.steps_per_epoch, stage.epochs,
+            lr["warmup_epochs"], lr["decay"], lr["decay_epochs"], lr["decay_factors"],
+            lr["min_lr"])
+
+
+def continuing_stages(stages, stage, model, build_model):
+    """Indices of `stage` and of the stages after it that will keep training `model`: same
+    model and step settings, and every weight the same name and shape. `build_model(stage)`
+    builds a later stage's own model, to compare its weights."""
+    group = [stage.index]
+    for later in stages[stage.index + 1:]:
+        if not same_network(stages[group[-1]], later, model, build_model(later)):
+            break
+        group.append(later.index)
+    return group
+
+
+def switch(learner, stage, setup, log):
+    """Carry `learner` into `stage`: the LR schedule restarts at this stage's step 0; the
+    optimizer starts afresh (zeroed slots and step count, as a new one would) unless
+    train.carry_optimizer."""
+    optimizer = unwrapped(learner.optimizer)
+    if not stage.train["carry_optimizer"]:
+        for var in optimizer.variables:
+            var.assign(tf.zeros_like(var))
+    learner.schedule.restart(*schedule_args(stage, setup), first_step=int(optimizer.iterations))
+    kept = "carried over" if stage.train["carry_optimizer"] else "reset"
+    log.info(f"stage '{stage.name}' continues training the same network: every weight and the "
+             f"compiled steps carry over, the optimizer state is {kept}")
+    return learner
+
+
+def continue_schedule(optimizer, schedule, stage, setup, state):
+    """Put the LR schedule at the restored epoch in this run's steps: steps per epoch change
+    when the rank count does (weak scaling, uneven shards), the epoch does not. The optimizer's
+    own step count (Adam's bias correction) stays as restored."""
+    epochs_done = state["epoch"] + 1
+    schedule.restart(*schedule_args(stage, setup), first_step=int(
+        optimizer.iterations) - epochs_done * setup.train_data.steps_per_epoch)
+
+
+def world_change(state, world, setup, lr_now):
+    """The log line of a resume on another rank count, or None on the same count."""
+    before = state.get("world")
+    if not before or before["size"] == world.size:
+        return None
+    return (f"resuming on {world.size} rank(s) a run checkpointed on {before['size']}: local "
+            f"batch {before['local_batch']} -> {setup.local_batch}, global batch "
+            f"{before['global_batch']} -> {setup.global_batch}, peak LR {before['peak_lr']:g} -> "
+            f"{setup.peak_lr:g}; the LR schedule continues at epoch {state['epoch'] + 1} with LR "
+            f"{lr_now:g}")
