@@ -62,7 +62,8 @@ STAGE_KEYS = ("name", "data", "model", "train")
 COMMON_DEFAULTS = {
     "seed": Range(0, low=0),
     # TensorFlow's deterministic kernels: a seed then fixes the whole run, bit for bit, on the
-    # same machine and rank count (without it, threads sum in varying order). Slower.
+    # same machine and rank count (without it, GPU kernels may sum in varying order). Can cost
+    # speed on GPUs.
     "deterministic": False,
     "output_dir": "runs/out",
     "resume": False,

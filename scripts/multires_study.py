@@ -154,12 +154,11 @@ def train(preset, plan_args, seed, data_dir, out, reuse=False):
             "--set", "log.final_val=true", "--set", "log.progress=false",
             *preset.get("common", []), *overrides]
     metrics, finished = os.path.join(out, "metrics.jsonl"), out + ".command.json"
-    if reuse and os.path.exists(os.path.join(out, "summary.json")) and os.path.exists(finished):
+    if reuse and os.path.exists(finished):
         with open(finished) as f:
             if json.load(f) == argv:
                 return MetricsLog(metrics, "jsonl").read(), True
-    if os.path.isdir(out):
-        subprocess.run(["rm", "-rf", out], check=True)
+    subprocess.run(["rm", "-rf", out, finished], check=True)
     os.makedirs(out)
     run_command(argv, out + ".log")
     with open(finished, "w") as f:  # written last: only a finished run is ever reused

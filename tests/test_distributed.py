@@ -134,7 +134,6 @@ def test_gradient_averaging_matches_one_rank_with_the_double_batch(data, tmp_pat
     assert "ALLREDUCE" in timeline.upper()
 
 
-
 def test_deterministic_runs_repeat_bit_for_bit_on_two_ranks(data, tmp_path):
     """`deterministic: true` turns TensorFlow's deterministic kernels on in every rank, and two
     runs of one seed (two stages, the continuing one included) end with identical weights."""
