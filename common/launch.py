@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from common.config import COMMON_DEFAULTS, load_config, merge_defaults, save_config
 from common.distributed import World, abort_all, init_world
+from common.faults import set_rank
 from common.logs import get_logger
 from common.summary import run_record
 from common.trainer import Trainer
@@ -23,6 +24,7 @@ def run(app_defaults, make_task, description, argv=None):
         schema = merge_defaults(COMMON_DEFAULTS, app_defaults)
         cfg = load_config(schema, argv, description)
         world = init_world(cfg["horovod"], cfg["output_dir"])
+        set_rank(world.rank)
         log = get_logger(world)
         tf.keras.utils.set_random_seed(cfg["seed"])  # identical initial weights on every rank
         if cfg["deterministic"]:
