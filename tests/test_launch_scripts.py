@@ -15,10 +15,11 @@ LAUNCH = REPO / "scripts" / "launch"
 CONFIG = "deepcam/configs/demo.yaml"
 
 
-# A launcher exits with STUB_EXIT; with STUB_WAIT_FOR_SIGNAL it first waits (up to 30 s) for
-# SIGUSR1, records it and exits then, as training does after its checkpoint.
+# A launcher exits with STUB_EXIT after STUB_SLEEP seconds; with STUB_WAIT_FOR_SIGNAL it first
+# waits (up to 30 s) for SIGUSR1, records it and exits then, as training does after its checkpoint.
 LAUNCHER_STUB = """#!/bin/bash
 { printf %s TOOL; printf " %q" "$@"; echo; } >> "CALLS"
+sleep "${STUB_SLEEP:-0}"
 if [ -n "${STUB_WAIT_FOR_SIGNAL:-}" ]; then
   sleep 30 &
   trap 'kill $!; echo "TOOL got USR1" >> "CALLS"; exit "${STUB_EXIT:-0}"' USR1
@@ -258,3 +259,23 @@ def test_a_signal_to_the_batch_shell_reaches_the_step_which_is_requeued(env, tmp
     launcher = "srun" if script == "perlmutter.sbatch" else "jsrun"
     assert calls(tmp_path)[1:] == [f"{launcher} got USR1", REQUEUE[script]]
     assert f"{signal_name} received" in err
+
+
+def test_a_signal_during_staging_requeues_without_starting_training(env, tmp_path):
+    job = subprocess.Popen(["bash", str(LAUNCH / "perlmutter.sbatch")], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**env, "STUB_SLEEP": "2", "DATA_DIR": str(tmp_path / "data"),
+                                "STAGE_DIR": str(tmp_path / "stage"), "SLURM_JOB_NUM_NODES": "1",
+                                "SLURM_JOB_ID": "7"})
+    deadline = time.monotonic() + 30
+    while not calls(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGUSR1)  # while the staging step runs
+    try:
+        _, err = job.communicate(timeout=20)
+    finally:
+        job.kill()
+    assert job.returncode == 0, err
+    staging, requeue = calls(tmp_path)
+    assert "--ntasks-per-node=1" in staging and requeue == "scontrol requeue 7"
+    assert "came before training started; not starting it" in err

@@ -29,9 +29,13 @@ trap 'forward_signal TERM' TERM
 trap 'forward_signal INT' INT
 
 run_step() {  # the training launch line; sets STEP_STATUS to its exit code
+  if [ -n "$SIGNALLED" ]; then  # during staging: the time is up before training could start
+    echo "batch shell: SIG$SIGNALLED came before training started; not starting it" >&2
+    STEP_STATUS="$REQUEUE_EXIT"
+    return
+  fi
   "$@" &
   STEP_PID=$!
-  if [ -n "$SIGNALLED" ]; then kill -USR1 "$STEP_PID" 2>/dev/null || true; fi  # came earlier
   local status
   while :; do
     # A trapped signal makes `wait` return early (status > 128) while the step runs on.
