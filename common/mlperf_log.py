@@ -109,7 +109,7 @@ def deepcam_keys(stage, setup):
     if train["optimizer"] == "lamb":  # common/optimizers.py's Lamb
         keys += [("opt_bias_correction", True),  # Adam's moments divided by 1 - beta^t
                  ("opt_grad_averaging", True),   # m = beta_1 m + (1 - beta_1) g
-                 ("opt_max_grad_norm", None)]    # no clipping of the global gradient norm
+                 ("opt_max_grad_norm", train["max_grad_norm"])]  # null: no clipping
     if lr["decay"] == "cosine":
         keys += [("scheduler_type", "cosine_annealing"),
                  ("scheduler_t_max", whole(max(stage.epochs * steps - warmup, 1))),
