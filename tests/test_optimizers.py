@@ -1,17 +1,20 @@
 """Optimizers by name; LAMB's update against a step computed by hand, and its checkpoint;
 clipping by the global gradient norm (train.max_grad_norm) against hand-computed steps."""
 import functools
+import json
+import re
 import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from clip_driver import RANK_INPUTS, one_step
 from common.config import COMMON_DEFAULTS, ConfigError, resolve
 from common.distributed import World
 from common.multires import same_network
-from common.optimizers import Lamb, make_optimizer, with_loss_scaling
-from common.steps import make_train_step
+from common.optimizers import Lamb, make_optimizer
+from conftest import REPO, run_ranks
 
 TRAIN = {"optimizer": "lamb", "momentum": 0.9, "weight_decay": 0.01, "beta_1": 0.9,
          "beta_2": 0.999, "epsilon": 1e-6}
@@ -132,20 +135,21 @@ def test_mixed_float16_clips_the_unscaled_gradients():
     """The training step as the trainer builds it: with loss scaling (2^15) the gradient of the
     scaled loss is 32768 x [1, 1, 1, 1]; the clipped one is [0.5, 0.5, 0.5, 0.5] (norm 1), so
     SGD moves each weight by -0.1 x 0.5. Clipping the scaled gradients would leave ~1e-6."""
-    tf.keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(
-            1, use_bias=False, kernel_initializer="zeros")])
-        optimizer = make_optimizer({**TRAIN, "optimizer": "sgd", "max_grad_norm": 1.0}, 0.1)
-        optimizer.build(model.trainable_variables)
-        optimizer = with_loss_scaling(optimizer, "mixed_float16")
-        step = make_train_step(model, optimizer, lambda y, pred: pred[:, 0], World())
-        step(tf.ones((1, 4)), tf.zeros((1, 1)), tf.ones(1))
-    finally:
-        tf.keras.mixed_precision.set_global_policy("float32")
-    assert float(optimizer.loss_scale) == 2.0 ** 15 and int(optimizer.iterations) == 1
-    np.testing.assert_allclose(model.trainable_variables[0].numpy()[:, 0], [-0.05] * 4,
-                               rtol=1e-6)
+    weights, loss_scale = one_step(World(), "mixed_float16", [1.0, 1.0, 1.0, 1.0])
+    assert loss_scale == 2.0 ** 15
+    np.testing.assert_allclose(weights, [-0.05] * 4, rtol=1e-6)
+
+
+def test_every_rank_clips_the_rank_averaged_gradients():
+    """With mixed_float16, the trainer's longest path: averaged, unscaled, then clipped."""
+    result = run_ranks(2, [REPO / "tests" / "clip_driver.py", "mixed_float16"], timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:]
+    # mpiexec may forward both ranks' lines without a newline between them
+    ranks = [json.loads(found) for found in re.findall(r"RESULT (\{[^{}]*\})", result.stdout)]
+    assert sorted(r["rank"] for r in ranks) == [0, 1]
+    mean = np.mean(RANK_INPUTS, axis=0)
+    for r in ranks:
+        np.testing.assert_allclose(r["weights"], -0.1 * mean / np.linalg.norm(mean), rtol=1e-5)
 
 
 @pytest.mark.parametrize("value, message", [
