@@ -89,6 +89,9 @@ COMMON_DEFAULTS = {
         "beta_1": Range(0.9, low=0.0, high=1.0),     # adam, adamw, lamb
         "beta_2": Range(0.999, low=0.0, high=1.0),
         "epsilon": Range(1e-7, low=0.0, open_low=True),
+        # Every optimizer: scale the rank-averaged gradients down to this global L2 norm when
+        # above it (MLPerf DeepCAM's LAMB: 1.0); null: no clipping.
+        "max_grad_norm": Range(None, low=0.0, open_low=True, kind=float),
         "lr": {
             "base": Range(0.001, low=0.0),  # tuned for a global batch of base_batch
             "base_batch": Range(8, low=1),

@@ -8,14 +8,20 @@ import tensorflow as tf
 
 
 def make_optimizer(train_cfg, schedule):
-    """The optimizer named by `train.optimizer`, with `schedule` (or a float) as learning rate."""
+    """The optimizer named by `train.optimizer`, with `schedule` (or a float) as learning rate.
+
+    `train.max_grad_norm` becomes Keras' global_clipnorm: apply_gradients clips the gradients it
+    is given, i.e. after common/steps.py has averaged them over the ranks (so every rank clips
+    alike) and unscaled them (mixed_float16: LossScaleOptimizer passes them on to this
+    optimizer's apply_gradients once it has checked they are finite)."""
     name = train_cfg["optimizer"]
+    clip = dict(global_clipnorm=train_cfg.get("max_grad_norm"))
     adam_args = dict(beta_1=train_cfg.get("beta_1", 0.9), beta_2=train_cfg.get("beta_2", 0.999),
-                     epsilon=train_cfg.get("epsilon", 1e-7))
+                     epsilon=train_cfg.get("epsilon", 1e-7), **clip)
     decay = train_cfg.get("weight_decay", 0.0)
     if name == "sgd":
         return tf.keras.optimizers.SGD(schedule, momentum=train_cfg["momentum"],
-                                       weight_decay=decay or None)
+                                       weight_decay=decay or None, **clip)
     if name == "adam":
         return tf.keras.optimizers.Adam(schedule, **adam_args)
     if name == "adamw":

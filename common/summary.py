@@ -32,7 +32,8 @@ def _version(module):
 def _mpi_library():
     try:
         from mpi4py import MPI
-        return MPI.Get_library_version().splitlines()[0].strip()
+        # The C string comes with its terminating NUL (Open MPI): keep what precedes it.
+        return MPI.Get_library_version().split("\0")[0].splitlines()[0].strip()
     except Exception:  # noqa: BLE001 - no MPI is an answer, not an error
         return None
 

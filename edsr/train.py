@@ -71,4 +71,4 @@ def preview(cfg):
 
 
 if __name__ == "__main__":
-    run(DEFAULTS, make_task, "EDSR", translate(sys.argv[1:]))
+    run(DEFAULTS, make_task, "EDSR", translate(sys.argv[1:], "EDSR"))

@@ -1,10 +1,15 @@
 """EDSR pieces on tiny images: the model, metrics against hand values, the PNG reader with its
 errors, aligned reproducible crops, and the seed's command-line flags."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
+from conftest import REPO
 from common.config import COMMON_DEFAULTS, load_config, merge_defaults
 from common.distributed import World
 from common.lr import batch_sizes
@@ -137,3 +142,23 @@ def test_the_seeds_flags_keep_their_meanings(argv, test):
             stage.data["depth"]) == (48, 100, 200, 3)
     assert (stage.model["layers"], stage.model["filters"], stage.epochs) == (8, 64, 7)
     assert cfg["output_dir"] == "runs/edsr-seed"  # the seed's defaults without --config
+
+
+def test_help_lists_the_seeds_flags_with_their_meanings_and_config_as_optional():
+    result = subprocess.run([sys.executable, str(REPO / "edsr" / "train.py"), "--help"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    usage, options = text.split(" options: ")
+    assert "[--config CONFIG]" in usage and "--config CONFIG scenario YAML file (default: " \
+        "edsr/configs/seed.yaml)" in options
+    for flag, meaning in (("--dataset DIR", "data folder"), ("--num_rows N", "image height"),
+                          ("--num_cols N", "image width"), ("--imgdepth N", "channels: 1 grayscale, 3 RGB"),
+                          ("--cropsize N", "edge of the random aligned training crops"), ("--layers N", "residual blocks"),
+                          ("--filters N", "filters of every convolution"), ("--batchsize N", "GLOBAL batch, split "
+                                                       "across the ranks (strong scaling"),
+                          ("--test [BOOL]", "a boolean"), ("--epochs EPOCHS", "epochs"),
+                          ("--resume", "continue from the latest checkpoint"),
+                          ("--set KEY=VALUE", "override any config key")):
+        assert f"{flag} {meaning}" in options, flag

@@ -1,7 +1,10 @@
-"""The end-of-run summary from hand-made metrics records."""
+"""The end-of-run summary from hand-made metrics records, and run.json's MPI library."""
+import json
+import types
+
 import pytest
 
-from common.summary import first_reached, run_summary, stage_seconds, summary_lines
+from common.summary import first_reached, run_record, run_summary, stage_seconds, summary_lines
 
 RECORDS = [
     {"stage": 0, "stage_name": "coarse", "epoch": 0, "elapsed_s": 4.0, "train_loss": 0.9,
@@ -39,3 +42,20 @@ def test_summary_without_target_or_records():
     assert "target" not in summary and summary["best"]["val_iou"] == pytest.approx(0.30)
     assert run_summary([], TARGET) == {"epochs": 0}
     assert summary_lines({"epochs": 0}) == ["summary: no epochs recorded"]
+
+
+@pytest.mark.parametrize("library, expected", [
+    ("Open MPI v4.1.4, package: Debian OpenMPI, repo rev: v4.1.4, May 26, 2022\0",
+     "Open MPI v4.1.4, package: Debian OpenMPI, repo rev: v4.1.4, May 26, 2022"),
+    ("MPICH Version:\t4.0.2\nMPICH Release date:\tThu Apr  7 12:34:45 CDT 2022\n\0\0",
+     "MPICH Version:\t4.0.2")])
+def test_run_record_names_the_mpi_library_without_its_c_terminator(monkeypatch, library,
+                                                                    expected):
+    from mpi4py import MPI
+    world = types.SimpleNamespace(size=1)
+    installed = run_record(world, ["train.py"])["mpi"]  # this machine's library, as it is
+    assert installed and "\0" not in installed and installed == installed.strip()
+    monkeypatch.setattr(MPI, "Get_library_version", lambda: library)
+    record = run_record(world, ["train.py"])
+    assert record["mpi"] == expected
+    assert "\\u0000" not in json.dumps(record)
