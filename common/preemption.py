@@ -9,6 +9,7 @@ the same steps and stops, or checkpoints, together: never a rank-local decision 
 collective. Rank 0's clock asks for the periodic checkpoints (log.checkpoint_every_minutes) the
 same way, so the other ranks join the collective that averages the batch-norm statistics.
 """
+import math
 import signal
 import time
 
@@ -79,8 +80,11 @@ def signal_names(combined):
     return "+".join(name for name, value in zip(SIGNALS, combined[:len(SIGNALS)]) if value > 0)
 
 
-def save_asked(combined):
-    return combined[SAVE] > 0
+def epoch_losses(start, losses):
+    """(sum, count) of the epoch's training losses: those before a resume (kept in the
+    mid-epoch checkpoint `start`, or None) and `losses`."""
+    before = (start["train_loss_sum"], start["train_loss_count"]) if start else (0.0, 0)
+    return before[0] + math.fsum(losses), before[1] + len(losses)
 
 
 def check_mid_epoch_world(state, world, local_batch):

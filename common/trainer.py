@@ -21,7 +21,7 @@ from common.learner import (Learner, continue_schedule, continuing_stages, sched
 from common.multires import (EarlyStopping, FinalStageProbe, describe_target, plan_stages,
                              reached, transfer_weights)
 from common.optimizers import make_optimizer, with_loss_scaling
-from common.preemption import (Preempted, StopRequests, check_mid_epoch_world, save_asked,
+from common.preemption import (Preempted, StopRequests, check_mid_epoch_world, epoch_losses,
                                signal_names)
 from common.steps import StepRunner, draws_random_numbers, make_eval_step, make_train_step
 from common.summary import run_summary, summary_lines
@@ -375,7 +375,7 @@ class Trainer:
                 if asked.any() and first + len(losses) < steps:  # else the epoch end saves
                     self._checkpoint_inside(asked, learner, stage, setup, epoch,
                                             first + len(losses), early.state(),
-                                            _loss_total(start, losses))
+                                            epoch_losses(start, losses))
             self.requests.update()  # what the next step carries
         self._read_losses(pending, losses, stage, epoch, bar)
         bar.close()
@@ -384,7 +384,7 @@ class Trainer:
         first_call = min(stage.train["steps_per_call"], ran)
         timed_steps, timed = (ran - first_call, time.perf_counter() - t_first) \
             if ran > first_call else (ran, elapsed)
-        loss_sum, loss_count = _loss_total(start, losses)  # the whole epoch's, across a resume
+        loss_sum, loss_count = epoch_losses(start, losses)  # the whole epoch's, across a resume
         return {"stage": stage.index, "stage_name": stage.name, "epoch": epoch,
                 "train_loss": loss_sum / loss_count,
                 "samples_per_s": timed_steps * setup.global_batch / max(timed, 1e-9),
@@ -479,10 +479,3 @@ class Trainer:
         shown = " ".join(f"{k} {v:.4g}" for k, v in record.items()
                          if isinstance(v, float) and k not in ("epoch_s", "elapsed_s"))
         self.log.info(f"{record['stage_name']} epoch {record['epoch'] + 1}: {shown}")
-
-
-def _loss_total(start, losses):
-    """(sum, count) of the epoch's training losses: those before a resume (kept in the
-    mid-epoch checkpoint `start`) and `losses`."""
-    before = (start["train_loss_sum"], start["train_loss_count"]) if start else (0.0, 0)
-    return before[0] + math.fsum(losses), before[1] + len(losses)
