@@ -57,7 +57,7 @@ class StopRequests:
         self.received[SIGNALS.index(signal.Signals(signum).name)] = 1.0
 
     def update(self):
-        """Before each training call: this rank's requests into the variable the step reduces."""
+        """Between training calls: this rank's requests into the variable the next step reduces."""
         self.received[SAVE] = float(self.interval_s is not None and self.world.is_root and
                                     time.monotonic() - self.last_save >= self.interval_s)
         if not np.array_equal(self.received, self._sent):
