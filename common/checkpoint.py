@@ -11,6 +11,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from common.faults import fault_point
 from common.optimizers import unwrapped
 
 LATEST = "latest.json"
@@ -34,15 +35,18 @@ class CheckpointStore:
         return state
 
     def save(self, model, optimizer, state):
-        """Write a checkpoint for `state` (a dict with 'stage' and 'epoch'; numpy scalars are
-        stored as the Python numbers they hold)."""
+        """Write a checkpoint for `state` (a dict with 'stage' and 'epoch', and 'step' for one
+        inside that epoch; numpy scalars are stored as the Python numbers they hold)."""
         state = plain(state)
         text = json.dumps(state, indent=1)  # before any file is written: a bad value costs nothing
         os.makedirs(self.directory, exist_ok=True)
         name = f"stage{state['stage']}-epoch{state['epoch']:04d}"
+        if state.get("step") is not None:  # inside the epoch: sorts after the previous epoch's end
+            name += f"-step{state['step']:06d}"
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=self.directory)
         ckpt = tf.train.Checkpoint(model=model, optimizer=unwrapped(optimizer))
         ckpt.write(os.path.join(tmp, "ckpt"))
+        fault_point("checkpoint.write")
         with open(os.path.join(tmp, "state.json"), "w") as f:
             f.write(text)
         final = os.path.join(self.directory, name)

@@ -97,8 +97,12 @@ class ShardedDataset:
         mine, weights = eval_shard(n, self.rank, self.size)
         return self.keys[mine], weights
 
-    def epoch(self, epoch):
+    def epoch(self, epoch, first_step=0):
+        """The epoch's batches from its `first_step`-th on: a resumed epoch reads the samples
+        it had not reached, in the same order (random crops are seeded by key, not position)."""
         keys, weights = self.shard_keys(epoch)
+        skip = first_step * self.local_batch
+        keys, weights = keys[skip:], weights[skip:]
 
         def load(key, weight):
             if self.seeded_load:

@@ -62,10 +62,13 @@ def switch(learner, stage, setup, log):
 def continue_schedule(optimizer, schedule, stage, setup, state):
     """Put the LR schedule at the restored epoch in this run's steps: steps per epoch change
     when the rank count does (weak scaling, uneven shards), the epoch does not. The optimizer's
-    own step count (Adam's bias correction) stays as restored."""
-    epochs_done = state["epoch"] + 1
-    schedule.restart(*schedule_args(stage, setup), first_step=int(
-        optimizer.iterations) - epochs_done * setup.train_data.steps_per_epoch)
+    own step count (Adam's bias correction) stays as restored. A mid-epoch checkpoint adds its
+    steps within the epoch."""
+    steps_done = (state["epoch"] + 1) * setup.train_data.steps_per_epoch
+    if state.get("step") is not None:  # a checkpoint inside the epoch (same rank count)
+        steps_done = state["epoch"] * setup.train_data.steps_per_epoch + state["step"]
+    schedule.restart(*schedule_args(stage, setup),
+                     first_step=int(optimizer.iterations) - steps_done)
 
 
 def world_change(state, world, setup, lr_now):

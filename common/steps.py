@@ -6,15 +6,19 @@ padding that evens out validation shards), so sums and counts reduce exactly acr
 import tensorflow as tf
 
 from common.data import loosened
+from common.faults import fault_point
 
 
 def weighted_mean(per_sample, weights):
     return tf.reduce_sum(per_sample * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
 
-def make_train_step(model, optimizer, loss_fn, world, jit_compile=False):
+def make_train_step(model, optimizer, loss_fn, world, jit_compile=False, requests=None):
     """tf.function: forward, Horovod-averaged gradients, update; returns the loss averaged over
     ranks, so every rank sees the same value and a non-finite loss stops all of them together.
+    With `requests` (a float32 vector variable, common.preemption) it returns [loss, *requests]
+    averaged in the same allreduce: the ranks learn of each other's stop requests at no extra
+    collective.
 
     With a LossScaleOptimizer (mixed_float16) the loss is scaled before the backward pass and the
     gradients are unscaled once, after averaging: every rank then holds the same gradients, so an
@@ -43,7 +47,9 @@ def make_train_step(model, optimizer, loss_fn, world, jit_compile=False):
         if scaler is not None:
             grads = scaler.get_unscaled_gradients(grads)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return world.allreduce_mean_tensor(loss)
+        if requests is None:
+            return world.allreduce_mean_tensor(loss)
+        return world.allreduce_mean_tensor(tf.concat([tf.reshape(loss, [1]), requests], 0))
 
     return train_step
 
@@ -73,10 +79,12 @@ class StepRunner:
     def epoch(self, dataset, steps):
         if self.steps_per_call == 1:
             for x, y, w in dataset:
+                fault_point("step")
                 yield tf.expand_dims(self.train_step(x, y, w), 0)
             return
         iterator = iter(loosened(dataset, self.spec))  # the iterator's spec picks the trace
         for done in range(0, steps, self.steps_per_call):
+            fault_point("step")
             yield self.multi_step(iterator, tf.constant(min(self.steps_per_call, steps - done)))
 
 

@@ -15,11 +15,14 @@ from common import lr as lr_rules
 from common.checkpoint import CheckpointStore
 from common.logs import MetricsLog
 from common.data import common_spec
+from common.faults import fault_point
 from common.learner import (Learner, continue_schedule, continuing_stages, schedule_args, switch,
                             world_change)
 from common.multires import (EarlyStopping, FinalStageProbe, describe_target, plan_stages,
                              reached, transfer_weights)
 from common.optimizers import make_optimizer, with_loss_scaling
+from common.preemption import (Preempted, StopRequests, check_mid_epoch_world, epoch_losses,
+                               signal_names)
 from common.steps import StepRunner, draws_random_numbers, make_eval_step, make_train_step
 from common.summary import run_summary, summary_lines
 from common.mlperf_log import MLPerfLog
@@ -64,6 +67,7 @@ class Trainer:
         fmt = cfg["log"]["metrics_format"]
         self.metrics_log = MetricsLog(os.path.join(self.out, f"metrics.{fmt}"), fmt)
         self.history = []
+        self.requests = StopRequests(world, cfg["log"]["checkpoint_every_minutes"])
         self.tensorboard = (TensorBoardLog(os.path.join(self.out, "tensorboard"), self.stages)
                             if cfg["log"]["tensorboard"] and world.is_root else None)
         self.mlperf = (MLPerfLog(cfg, world, name, self.stages)
@@ -94,7 +98,24 @@ class Trainer:
                     "mixed-precision convolution gradients); turn one of them off")
 
     def fit(self):
-        """Run every stage (or what is left of them after a resume); return the epoch records."""
+        """Run every stage (or what is left of them after a resume); return the epoch records.
+        A scheduler's signal ends it on every rank with a checkpoint (raises Preempted)."""
+        self.requests.install()
+        stopped = False
+        try:
+            return self._fit()
+        except Preempted:
+            # Leave together, once every rank has let go of its input pipeline (slow to stop):
+            # a launcher ends the job when the first rank exits non-zero. The handlers stay, so
+            # its SIGTERM to a slower rank does not turn that rank's 75 into a death by signal.
+            stopped = True
+            self.world.allreduce_sum([0.0])
+            raise
+        finally:
+            if not stopped:
+                self.requests.uninstall()
+
+    def _fit(self):
         self._t0 = time.perf_counter()
         resume = self._resume_state()
         if resume:  # wall-clock time counts across resumes
@@ -187,8 +208,9 @@ class Trainer:
             self.log.info(f"no checkpoint in {self.store.directory}; starting from scratch")
             return None
         self.log.info(f"resuming from {latest['path']}")
-        if self.world.is_root:
-            self.metrics_log.truncate_after(latest["stage"], latest["epoch"])
+        if self.world.is_root:  # a mid-epoch checkpoint's epoch is logged when it ends
+            self.metrics_log.truncate_after(
+                latest["stage"], latest["epoch"] - (latest.get("step") is not None))
         return latest
 
     def _setup(self, stage):
@@ -254,13 +276,16 @@ class Trainer:
                 "global_batch": setup.global_batch, "peak_lr": setup.peak_lr}
 
     def _run_stage(self, stage, setup, previous, state):
+        inside = state if state is not None and state.get("step") is not None else None
+        if inside:
+            check_mid_epoch_world(inside, self.world, setup.local_batch)
         learner = self._build(stage, setup, previous, state)
         model, optimizer = learner.model, learner.optimizer
         es_cfg = stage.train["early_stop"]
         early = EarlyStopping(es_cfg["patience"], es_cfg["min_delta"], es_cfg["mode"])
         if state is not None:
             early.load(state["early_stop"])
-            if state["stopped_early"] or state["epoch"] + 1 >= stage.epochs:
+            if not inside and (state["stopped_early"] or state["epoch"] + 1 >= stage.epochs):
                 return learner, False  # a resume with more epochs continues the stage
         if learner.eval_step is None:
             learner.eval_step = make_eval_step(model, self.task.loss,
@@ -271,16 +296,20 @@ class Trainer:
         # Keras' random layers keep their RNG state outside the checkpoint: with any of them, each
         # epoch restarts from a seed of (run, stage, epoch) in a fresh trace, so an epoch replays
         # identically after a resume. Other models trace once per learner.
+        # (An epoch resumed inside draws other random numbers from its resume step on.)
         fresh_trace_per_epoch = draws_random_numbers(model)
-        for epoch in range(state["epoch"] + 1 if state else 0, stage.epochs):
+        first_epoch = state["epoch"] + (not inside) if state else 0
+        for epoch in range(first_epoch, stage.epochs):
+            start = inside if epoch == first_epoch else None
             if fresh_trace_per_epoch or learner.runner is None:
                 tf.random.set_seed(int(np.random.default_rng(
-                    [self.cfg["seed"], stage.index, epoch]).integers(2**31)))
+                    [self.cfg["seed"], stage.index, epoch] + ([start["step"]] if start else [])
+                ).integers(2**31)))
                 learner.runner = StepRunner(
                     make_train_step(model, optimizer, self.task.loss, self.world,
-                                    stage.train["jit_compile"]),
+                                    stage.train["jit_compile"], self.requests.variable),
                     stage.train["steps_per_call"], learner.train_spec)
-            record = self._epoch(stage, setup, epoch, learner)
+            record = self._epoch(stage, setup, epoch, learner, early, start)
             target_hit = reached(record.get(target["metric"]), target["value"], target["mode"])
             stop = early.update(record[es_cfg["metric"]]) or target_hit
             ckpt_state = {"stage": stage.index, "epoch": epoch, "stopped_early": stop,
@@ -292,18 +321,21 @@ class Trainer:
             if target_hit:
                 self.log.info(f"{ckpt_state['done_reason']}; stopping the run")
                 return learner, True
+            if not (stage.index == len(self.stages) - 1 and (stop or epoch + 1 == stage.epochs)):
+                self._stop_if_signalled(stage, epoch)  # the run goes on: unless a signal came
             if stop:
                 self.log.info(f"stage '{stage.name}': no {es_cfg['metric']} improvement for "
                               f"{es_cfg['patience']} epochs; ending the stage")
                 break
         return learner, False
 
-    def _epoch(self, stage, setup, epoch, learner):
-        """Train one epoch, then validate; returns the epoch's record."""
+    def _epoch(self, stage, setup, epoch, learner, early, start):
+        """Train one epoch (from `start`, a mid-epoch checkpoint's state, if given), then
+        validate; returns the epoch's record."""
         model, optimizer = learner.model, learner.optimizer
         if self.mlperf:
             self.mlperf.epoch_start(stage.index, epoch)
-        record = self._train_epoch(stage, setup, epoch, learner)
+        record = self._train_epoch(stage, setup, epoch, learner, early, start)
         self._average_non_trainable(model)
         record.update(self._evaluate(setup.val_data, learner.eval_step))
         if self.probe is not None:  # a measurement, not training: kept out of elapsed_s
@@ -318,42 +350,54 @@ class Trainer:
         record["lr"] = float(optimizer.learning_rate)  # the LR of the epoch's last step
         return record
 
-    def _train_epoch(self, stage, setup, epoch, learner):
+    def _train_epoch(self, stage, setup, epoch, learner, early, start):
         """Losses stay on the device and are read back every log.every_steps steps (and after
         the first step, which times the trace, and at epoch end): a read is a sync that would
         stall a GPU's queue every step. The loss is averaged over ranks inside the step, so all
-        ranks read the same values and stop together on a non-finite one."""
+        ranks read the same values and stop together on a non-finite one; the ranks' stop and
+        checkpoint requests ride in the same allreduce, so they act on them at the same read."""
         steps = setup.train_data.steps_per_epoch
-        bar = tqdm(total=steps, desc=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
+        first = start["step"] if start else 0
+        bar = tqdm(total=steps, initial=first,
+                   desc=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
                    disable=not (self.world.is_root and self.cfg["log"]["progress"] and
                                 sys.stderr.isatty()),
                    mininterval=1.0, leave=False)
         every = self.cfg["log"]["every_steps"]
         losses, pending, t_first = [], [], None
         t_start = time.perf_counter()
-        for step_losses in learner.runner.epoch(setup.train_data.epoch(epoch), steps):
+        for step_losses in learner.runner.epoch(setup.train_data.epoch(epoch, first),
+                                                steps - first):
             pending.append(step_losses)
             if sum(map(len, pending)) >= every or not losses:
-                self._read_losses(pending, losses, stage, epoch, bar)
+                asked = self._read_losses(pending, losses, stage, epoch, bar)
                 t_first = t_first or time.perf_counter()  # after call 1: excludes tracing
+                if asked.any() and first + len(losses) < steps:  # else the epoch end saves
+                    self._checkpoint_inside(asked, learner, stage, setup, epoch,
+                                            first + len(losses), early.state(),
+                                            epoch_losses(start, losses))
+            self.requests.update()  # what the next step carries
         self._read_losses(pending, losses, stage, epoch, bar)
         bar.close()
         elapsed = time.perf_counter() - t_start
-        first_call = min(stage.train["steps_per_call"], steps)
-        timed_steps, timed = (steps - first_call, time.perf_counter() - t_first) \
-            if steps > first_call else (steps, elapsed)
+        ran = steps - first
+        first_call = min(stage.train["steps_per_call"], ran)
+        timed_steps, timed = (ran - first_call, time.perf_counter() - t_first) \
+            if ran > first_call else (ran, elapsed)
+        loss_sum, loss_count = epoch_losses(start, losses)  # the whole epoch's, across a resume
         return {"stage": stage.index, "stage_name": stage.name, "epoch": epoch,
-                "train_loss": float(np.mean(losses)),
+                "train_loss": loss_sum / loss_count,
                 "samples_per_s": timed_steps * setup.global_batch / max(timed, 1e-9),
                 "step_ms": 1000.0 * timed / max(timed_steps, 1), "epoch_s": elapsed}
 
     def _read_losses(self, pending, losses, stage, epoch, bar):
-        """Move the pending loss tensors to `losses`; the first non-finite one stops the run
-        (no checkpoint is written mid-epoch, so the last good one stays in charge)."""
+        """Move the pending losses to `losses`; the first non-finite one stops the run (before
+        any checkpoint of its weights). Returns the requests the ranks sent with these steps."""
         if not pending:
-            return
-        values = [float(v) for v in tf.concat(pending, 0).numpy()]
+            return np.zeros(0)
+        rows = tf.concat(pending, 0).numpy()
         pending.clear()
+        values = [float(v) for v in rows[:, 0]]
         for value in values:
             if not math.isfinite(value):
                 raise NonFiniteLoss(
@@ -364,6 +408,42 @@ class Trainer:
             losses.append(value)
         bar.update(len(values))
         bar.set_postfix(loss=f"{values[-1]:.4g}", refresh=False)
+        return rows[:, 1:].max(axis=0)
+
+    def _checkpoint_inside(self, asked, learner, stage, setup, epoch, step, early_state,
+                           loss_total):
+        """On every rank after the same `step` of the epoch, as the ranks asked together: rank
+        0 checkpoints this point (what --resume continues from); after a signal, all stop."""
+        state = {"stage": stage.index, "epoch": epoch, "step": step, "stopped_early": False,
+                 "run_done": False, "early_stop": early_state, "world": self._world_state(setup),
+                 "elapsed_s": time.perf_counter() - self._t0,
+                 "train_loss_sum": loss_total[0], "train_loss_count": loss_total[1]}
+        model = learner.model
+        own = [var.numpy() for var in model.non_trainable_variables]
+        self._average_non_trainable(model)  # saved as an epoch end would; linear in the updates
+        if self.world.is_root:
+            self.store.save(model, learner.optimizer, state)
+        for var, value in zip(model.non_trainable_variables, own):  # training goes on unchanged
+            var.assign(value)
+        self.requests.saved()
+        where = (f"stage '{stage.name}' epoch {epoch + 1} step {step}/"
+                 f"{setup.train_data.steps_per_epoch}")
+        if not signal_names(asked):
+            self.log.info(f"checkpoint at {where} (log.checkpoint_every_minutes)")
+            return
+        self._stop(signal_names(asked), where)
+
+    def _stop_if_signalled(self, stage, epoch):
+        """At an epoch end, its checkpoint written: a signal any rank got during validation or
+        the write stops every rank here (a collective: every rank calls it)."""
+        names = self.requests.agreed_at_epoch_end()
+        if names:
+            self._stop(names, f"the end of stage '{stage.name}' epoch {epoch + 1}")
+
+    def _stop(self, names, where):
+        self.log.info(f"stopped by {names} at {where}; checkpoint written; continue with "
+                      "--resume")
+        raise Preempted()
 
     def _average_non_trainable(self, model):
         """Batch-norm statistics are updated per rank: average them so all ranks agree."""
@@ -375,6 +455,7 @@ class Trainer:
                                                     name=f"sync_{var.name}"))
 
     def _evaluate(self, val_data, eval_step):
+        fault_point("validation")
         sums = np.zeros(len(self.task.metrics) + 2)
         for x, y, w in val_data.epoch(0):
             sums += eval_step(x, y, w).numpy()
@@ -389,6 +470,7 @@ class Trainer:
         self.history.append(record)
         if self.world.is_root:
             self.store.save(model, optimizer, ckpt_state)  # checkpoint first: resume trims logs
+            self.requests.saved()
             self.metrics_log.append(record)
             if self.tensorboard:
                 self.tensorboard.scalars(record)
