@@ -177,18 +177,18 @@ class Trainer:
     def _resume_state(self):
         latest = self.store.latest() if self.world.is_root else None
         latest = self.world.broadcast_object(latest)
-        if not self.cfg["resume"]:
-            if latest:
-                raise RuntimeError(f"{self.store.directory} already holds a checkpoint "
-                                   f"({latest['name']}); pass --resume to continue it or choose "
-                                   "another --output-dir")
-            return None
+        if latest and not self.cfg["resume"]:
+            raise RuntimeError(f"{self.store.directory} already holds a checkpoint "
+                               f"({latest['name']}); pass --resume to continue it or choose "
+                               "another --output-dir")
+        if self.world.is_root:  # drop records of epochs whose checkpoint never landed
+            self.metrics_log.truncate_after(*(latest["stage"], latest["epoch"]) if latest
+                                            else (-1, -1))
         if latest is None:
-            self.log.info(f"no checkpoint in {self.store.directory}; starting from scratch")
+            if self.cfg["resume"]:
+                self.log.info(f"no checkpoint in {self.store.directory}; starting from scratch")
             return None
         self.log.info(f"resuming from {latest['path']}")
-        if self.world.is_root:
-            self.metrics_log.truncate_after(latest["stage"], latest["epoch"])
         return latest
 
     def _setup(self, stage):
@@ -388,8 +388,9 @@ class Trainer:
     def _end_epoch(self, model, optimizer, ckpt_state, record):
         self.history.append(record)
         if self.world.is_root:
-            self.store.save(model, optimizer, ckpt_state)  # checkpoint first: resume trims logs
-            self.metrics_log.append(record)
+            # the record goes in before latest.json names the checkpoint: resume trims it
+            self.store.save(model, optimizer, ckpt_state,
+                            before_publish=lambda: self.metrics_log.append(record))
             if self.tensorboard:
                 self.tensorboard.scalars(record)
             if self.mlperf:
