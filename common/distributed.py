@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from common.run_lock import release_all
+
 # Launchers export one of these; a size above 1 without Horovod means N independent trainings.
 _LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS",
                        "HOROVOD_SIZE", "SLURM_NTASKS")
@@ -141,7 +143,9 @@ def abort_all(world, exc):
     print(f"{prefix}ERROR: {exc}", file=sys.stderr, flush=True)
     if os.environ.get("TRAIN_DEBUG"):
         traceback.print_exc()
-    if world.size > 1:
+    release_all()  # the output folder's lock: MPI_Abort skips exit handlers
+    # An error every rank raised together (an agreed decision) ends each rank by itself.
+    if world.size > 1 and not getattr(exc, "every_rank", False):
         try:
             from mpi4py import MPI
             MPI.COMM_WORLD.Abort(1)

@@ -9,6 +9,7 @@ import sys
 
 import tensorflow as tf
 
+from common import run_lock
 from common.config import COMMON_DEFAULTS, load_config, merge_defaults, save_config
 from common.distributed import World, abort_all, init_world
 from common.faults import set_rank
@@ -26,6 +27,8 @@ def run(app_defaults, make_task, description, argv=None):
         world = init_world(cfg["horovod"], cfg["output_dir"])
         set_rank(world.rank)
         log = get_logger(world)
+        if not cfg["test"]:  # --test leaves the training run's files alone
+            run_lock.hold(world, cfg["output_dir"])
         tf.keras.utils.set_random_seed(cfg["seed"])  # identical initial weights on every rank
         if cfg["deterministic"]:
             tf.config.experimental.enable_op_determinism()
