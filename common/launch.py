@@ -3,18 +3,15 @@
 Any error stops every rank with a non-zero exit code (MPI_Abort when there are several), so a
 problem seen by one rank never leaves the others waiting in a collective.
 """
-import json
 import os
-import sys
 
 import tensorflow as tf
 
-from common import run_lock
-from common.config import COMMON_DEFAULTS, load_config, merge_defaults, save_config
+from common import run_identity, run_lock
+from common.config import COMMON_DEFAULTS, load_config, merge_defaults
 from common.distributed import World, abort_all, init_world
 from common.faults import set_rank
 from common.logs import get_logger
-from common.summary import run_record
 from common.trainer import Trainer
 
 
@@ -27,16 +24,14 @@ def run(app_defaults, make_task, description, argv=None):
         world = init_world(cfg["horovod"], cfg["output_dir"])
         set_rank(world.rank)
         log = get_logger(world)
+        checkpoints = os.path.join(cfg["output_dir"], "checkpoints")
         if not cfg["test"]:  # --test leaves the training run's files alone
             run_lock.hold(world, cfg["output_dir"])
+        agree(world, lambda: run_identity.check(cfg, checkpoints, log) if cfg["test"]
+              else run_identity.record_start(cfg, world, log))
         tf.keras.utils.set_random_seed(cfg["seed"])  # identical initial weights on every rank
         if cfg["deterministic"]:
             tf.config.experimental.enable_op_determinism()
-        if world.is_root and not cfg["test"]:  # --test leaves the training run's files alone
-            os.makedirs(cfg["output_dir"], exist_ok=True)
-            save_config(cfg, os.path.join(cfg["output_dir"], "config.yaml"))
-            with open(os.path.join(cfg["output_dir"], "run.json"), "w") as f:
-                json.dump(run_record(world, [sys.executable, *sys.argv]), f, indent=1)
         log.info(f"{description}: {world.size} rank(s), output in {cfg['output_dir']}"
                  + (", deterministic kernels" if cfg["deterministic"] else ""))
         trainer = Trainer(cfg, make_task(cfg), world, log, name=description.lower())
@@ -49,3 +44,16 @@ def run(app_defaults, make_task, description, argv=None):
         raise
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - reported, then every rank exits
         abort_all(world, exc)
+
+
+def agree(world, decide):
+    """Run `decide()` on rank 0 and raise its RunMismatch on every rank together."""
+    problem = None
+    if world.is_root:
+        try:
+            decide()
+        except run_identity.RunMismatch as exc:
+            problem = str(exc)
+    problem = world.broadcast_object(problem)
+    if problem:
+        raise run_identity.RunMismatch(problem)

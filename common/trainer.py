@@ -20,6 +20,7 @@ from common.learner import (Learner, continue_schedule, continuing_stages, sched
 from common.multires import (EarlyStopping, FinalStageProbe, describe_target, plan_stages,
                              reached, transfer_weights)
 from common.optimizers import make_optimizer, with_loss_scaling
+from common.run_identity import check_stage
 from common.steps import StepRunner, draws_random_numbers, make_eval_step, make_train_step
 from common.summary import run_summary, summary_lines
 from common.mlperf_log import MLPerfLog
@@ -97,6 +98,7 @@ class Trainer:
         """Run every stage (or what is left of them after a resume); return the epoch records."""
         self._t0 = time.perf_counter()
         resume = self._resume_state()
+        check_stage(resume, self.stages, self.store.directory)
         if resume:  # wall-clock time counts across resumes
             self._t0 -= resume.get("elapsed_s", 0.0)
         setups = [self._setup(stage) for stage in self.stages]  # validates all data up front
@@ -131,6 +133,7 @@ class Trainer:
         latest = self.world.broadcast_object(self.store.latest() if self.world.is_root else None)
         if latest is None:
             raise FileNotFoundError(f"--test: no checkpoint in {self.store.directory}")
+        check_stage(latest, self.stages, self.store.directory)
         stage = self.stages[latest["stage"]]
         model = self._build_model(stage)
         tf.train.Checkpoint(model=model).read(

@@ -10,17 +10,20 @@ from edsr.make_data import write_dataset
 EDSR = REPO / "edsr" / "train.py"
 
 
-def edsr_config(tmp_path, root, epochs=1, **train):
+def edsr_config(tmp_path, root, epochs=1, stages=None, **train):
     return write_config(tmp_path / "c.yaml", {
         "output_dir": str(tmp_path / "out"), "seed": 1,
         "data": {"root": str(root), "num_rows": 16, "num_cols": 16, "crops_per_image": 2,
                  "crop": 8, "eval_batch": 2, "preview_images": 0},
         "model": {"layers": 1, "filters": 4},
-        "train": {"local_batch": 2, "epochs": epochs, **train}, "log": {"progress": False}})
+        "train": {"local_batch": 2, "epochs": epochs, **train}, "log": {"progress": False},
+        **({"stages": stages} if stages else {})})
 
 
 def edsr_data(tmp_path):
     root = tmp_path / "data"
+    if root.exists():
+        return root
     write_dataset(str(root), 16, 16, train=4, val=2, test=2, seed=3)
     return root
 
