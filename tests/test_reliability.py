@@ -39,3 +39,38 @@ def test_list_written_while_a_rank_is_late_does_not_split_the_collective(tmp_pat
     assert (root / "train" / "list.txt").read_text().split() == ["1", "2", "3", "4"]
     assert len(read_metrics(tmp_path / "out")) == 1
     assert not (tmp_path / "out" / "run.lock").exists()  # released at exit
+
+
+def test_disk_full_at_a_checkpoint_stops_both_ranks_and_resume_continues(tmp_path):
+    root, out = edsr_data(tmp_path), tmp_path / "out"
+    cfg = edsr_config(tmp_path, root, epochs=3)
+    full = run_ranks(2, [EDSR, "--config", cfg], timeout=120,
+                     env={"TRAIN_FAULTS": "checkpoint.write:enospc,at=2"})
+    assert full.returncode != 0 and "No space left on device" in full.stdout, full.stdout[-3000:]
+    pointer = json.loads((out / "checkpoints" / "latest.json").read_text())
+    assert pointer["name"] == "stage0-epoch0000"
+    assert [r["epoch"] for r in read_metrics(out)] == [0]  # no record without its checkpoint
+    assert not (out / "run.lock").exists()  # released before the abort
+    resumed = run_ranks(2, [EDSR, "--config", cfg, "--resume"], timeout=120)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert [r["epoch"] for r in read_metrics(out)] == [0, 1, 2]
+    assert sorted(os.listdir(out / "checkpoints")) == [
+        "identity.json", "latest.json", "stage0-epoch0001", "stage0-epoch0002"]
+
+
+def test_kill_between_checkpoint_and_pointer_heals_on_resume(tmp_path):
+    root, out = edsr_data(tmp_path), tmp_path / "out"
+    cfg = edsr_config(tmp_path, root, epochs=2)
+    killed = run_ranks(1, [EDSR, "--config", cfg], timeout=120,
+                       env={"TRAIN_FAULTS": "checkpoint.publish:kill,at=2"})
+    assert killed.returncode != 0
+    # epoch 2's record and folder landed, the pointer did not move
+    assert [r["epoch"] for r in read_metrics(out)] == [0, 1]
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["epoch"] == 0
+    assert (out / "run.lock").exists()  # SIGKILL: a dead holder on this host
+    resumed = run_ranks(1, [EDSR, "--config", cfg, "--resume"], timeout=120)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "taking over the stale lock" in resumed.stdout
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == [0, 1]  # epoch 2 retrained once, recorded once
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["epoch"] == 1
