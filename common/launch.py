@@ -7,7 +7,7 @@ import os
 
 import tensorflow as tf
 
-from common import run_identity, run_lock
+from common import run_identity, run_lock, watchdog
 from common.config import COMMON_DEFAULTS, load_config, merge_defaults
 from common.distributed import World, abort_all, init_world
 from common.faults import set_rank
@@ -21,8 +21,9 @@ def run(app_defaults, make_task, description, argv=None):
     try:
         schema = merge_defaults(COMMON_DEFAULTS, app_defaults)
         cfg = load_config(schema, argv, description)
-        world = init_world(cfg["horovod"], cfg["output_dir"])
+        world = init_world(cfg["horovod"], cfg["output_dir"], cfg["train"]["stall_timeout_s"])
         set_rank(world.rank)
+        watchdog.start(cfg["train"]["stall_timeout_s"], world.rank, world.size)
         log = get_logger(world)
         checkpoints = os.path.join(cfg["output_dir"], "checkpoints")
         if not cfg["test"]:  # --test leaves the training run's files alone
@@ -36,8 +37,11 @@ def run(app_defaults, make_task, description, argv=None):
                  + (", deterministic kernels" if cfg["deterministic"] else ""))
         trainer = Trainer(cfg, make_task(cfg), world, log, name=description.lower())
         if cfg["test"]:
-            return trainer.test()
+            results = trainer.test()
+            watchdog.stop()
+            return results
         history = trainer.fit()
+        watchdog.stop()
         log.info(f"done: {len(history)} epochs trained in this run")
         return history
     except SystemExit:

@@ -12,9 +12,11 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from common import lr as lr_rules
+from common import watchdog
 from common.checkpoint import CheckpointStore
 from common.logs import MetricsLog
 from common.data import common_spec
+from common.faults import fault_point
 from common.learner import (Learner, continue_schedule, continuing_stages, schedule_args, switch,
                             world_change)
 from common.multires import (EarlyStopping, FinalStageProbe, describe_target, plan_stages,
@@ -195,6 +197,7 @@ class Trainer:
         return latest
 
     def _setup(self, stage):
+        watchdog.progress("reading", stage.index)
         train = stage.train
         local, global_ = lr_rules.batch_sizes(train["scaling"], train["local_batch"],
                                               train["global_batch"], self.world.size)
@@ -257,6 +260,7 @@ class Trainer:
                 "global_batch": setup.global_batch, "peak_lr": setup.peak_lr}
 
     def _run_stage(self, stage, setup, previous, state):
+        watchdog.progress("building", stage.index)
         learner = self._build(stage, setup, previous, state)
         model, optimizer = learner.model, learner.optimizer
         es_cfg = stage.train["early_stop"]
@@ -308,6 +312,7 @@ class Trainer:
             self.mlperf.epoch_start(stage.index, epoch)
         record = self._train_epoch(stage, setup, epoch, learner)
         self._average_non_trainable(model)
+        watchdog.progress("validation", stage.index, epoch)
         record.update(self._evaluate(setup.val_data, learner.eval_step))
         if self.probe is not None:  # a measurement, not training: kept out of elapsed_s
             t_probe = time.perf_counter()
@@ -336,6 +341,8 @@ class Trainer:
         t_start = time.perf_counter()
         for step_losses in learner.runner.epoch(setup.train_data.epoch(epoch), steps):
             pending.append(step_losses)
+            fault_point("step")
+            watchdog.progress("step", stage.index, epoch, len(losses) + sum(map(len, pending)))
             if sum(map(len, pending)) >= every or not losses:
                 self._read_losses(pending, losses, stage, epoch, bar)
                 t_first = t_first or time.perf_counter()  # after call 1: excludes tracing
@@ -390,6 +397,7 @@ class Trainer:
 
     def _end_epoch(self, model, optimizer, ckpt_state, record):
         self.history.append(record)
+        watchdog.progress("checkpoint", ckpt_state["stage"], ckpt_state["epoch"])
         if self.world.is_root:
             # the record goes in before latest.json names the checkpoint: resume trims it
             self.store.save(model, optimizer, ckpt_state,

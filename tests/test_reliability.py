@@ -3,6 +3,7 @@ decision, a full disk at a checkpoint, a stalled rank, a kill between the checkp
 pointer. Faults come from TRAIN_FAULTS (common/faults.py)."""
 import json
 import os
+import time
 
 from conftest import REPO, read_metrics, run_ranks, write_config
 from edsr.make_data import write_dataset
@@ -74,3 +75,18 @@ def test_kill_between_checkpoint_and_pointer_heals_on_resume(tmp_path):
     records = read_metrics(out)
     assert [r["epoch"] for r in records] == [0, 1]  # epoch 2 retrained once, recorded once
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["epoch"] == 1
+
+
+def test_a_stuck_rank_ends_the_job_naming_where_each_rank_stood(tmp_path):
+    root, timeout = edsr_data(tmp_path), 60
+    cfg = edsr_config(tmp_path, root, epochs=3, stall_timeout_s=timeout)
+    start = time.monotonic()
+    result = run_ranks(2, [EDSR, "--config", cfg], timeout=280,
+                       env={"TRAIN_FAULTS": "step:hang,rank=1,at=2"})
+    took = time.monotonic() - start
+    assert result.returncode != 0, result.stdout[-3000:]
+    stuck = next((line for line in result.stdout.splitlines()
+                  if line.startswith("[rank 1] ERROR: stalled")), "")
+    assert "stage 0, epoch 1, after step 1, phase step" in stuck, result.stdout[-3000:]
+    assert "Missing ranks:\n1: [HorovodAllreduce]" in result.stdout  # Horovod's stall check
+    assert took < 200, took  # start-up, the timeout, the grace; not the 280 s test bound
