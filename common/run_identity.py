@@ -2,8 +2,9 @@
 run: the resolved config and the commit of every start.
 
 A resume may change what a job chain legitimately changes (epochs, rank count, the path of the
-same data, logging, output, Horovod settings, staging, speed settings); any other difference
-(network, data, stage plan, optimizer, loss, seed) is refused with the differing keys listed.
+same data, logging, output, Horovod settings, staging, speed settings, and the learning rate,
+which the non-finite loss message tells users to lower); any other difference (network, data,
+stage plan, optimizer, loss, seed) is refused with the differing keys listed.
 Each start's config is kept as config-<n>.yaml; config.yaml is the latest.
 """
 import glob
@@ -22,7 +23,7 @@ FREE = {
     "data": {"root", "stage_dir", "shuffle", "format", "compression", "eval_batch",
              "preview_images", "preview_samples"},
     "train": {"epochs", "early_stop", "target", "jit_compile", "steps_per_call",
-              "stall_timeout_s"},
+              "stall_timeout_s", "lr"},
     "model": set(),
 }
 

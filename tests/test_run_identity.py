@@ -26,7 +26,7 @@ def resolved(tmp_path, *assignments):
 @pytest.mark.parametrize("change", [
     "train.epochs=7", "data.root=/elsewhere", "output_dir=/other", "log.every_steps=3",
     "horovod.fusion_threshold_mb=8", "data.stage_dir=/dev/shm/x", "resume=true",
-    "train.target.value=0.1", "deterministic=true"])
+    "train.target.value=0.1", "deterministic=true", "train.lr.base=0.1"])
 def test_what_a_chain_changes_is_allowed(tmp_path, change):
     assert differences(trained(resolved(tmp_path)), trained(resolved(tmp_path, change))) == []
 
@@ -34,7 +34,7 @@ def test_what_a_chain_changes_is_allowed(tmp_path, change):
 @pytest.mark.parametrize("change, key", [
     ("model.width_scale=0.5", "stages.0.model.width_scale: 1.0 -> 0.5"),
     ("train.optimizer=adam", "stages.0.train.optimizer: 'sgd' -> 'adam'"),
-    ("train.lr.base=0.1", "stages.0.train.lr.base: 0.001 -> 0.1"),
+    ("train.momentum=0.5", "stages.0.train.momentum: 0.9 -> 0.5"),
     ("data.resolution=64", "stages.0.data.resolution: 128 -> 64"),
     ("seed=3", "seed: 0 -> 3"),
     ("stages=[{name: a}, {name: b}]", "stages: 1 -> 2"),
