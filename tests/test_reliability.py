@@ -90,3 +90,15 @@ def test_a_stuck_rank_ends_the_job_naming_where_each_rank_stood(tmp_path):
     assert "stage 0, epoch 1, after step 1, phase step" in stuck, result.stdout[-3000:]
     assert "Missing ranks:\n1: [HorovodAllreduce]" in result.stdout  # Horovod's stall check
     assert took < 200, took  # start-up, the timeout, the grace; not the 280 s test bound
+
+
+def test_fault_matrix_sigkill_of_one_rank_row(tmp_path):
+    """The matrix's row for a rank killed mid-epoch (scripts/fault_matrix.py): no hang, both
+    ranks end, the checkpoint stays intact and a resume ends where the whole run does."""
+    import fault_matrix
+    rows = fault_matrix.main(["--only", "SIGKILL", "--work", str(tmp_path)])
+    assert len(rows) == 1, rows
+    row = rows[0]
+    assert row["hang"] == "n" and row["exit"][1] != "0", row["output"][-3000:]
+    assert row["exit"][0] != "0"  # the surviving rank does not wait forever
+    assert row["intact"] == "y" and row["resume_equal"] == "y", row
