@@ -116,6 +116,10 @@ COMMON_DEFAULTS = {
         # the same shape) restarts its optimizer state unless true: then it keeps Adam's moments
         # and step count, which can be scaled wrongly for gradients at another resolution.
         "carry_optimizer": False,
+        # A rank without progress (a step, a read, a validation, a checkpoint) for this long
+        # stops the job, naming where each rank stood; Horovod's stall shutdown follows it.
+        # Read from the base train section. 0: off.
+        "stall_timeout_s": Range(1800.0, low=0.0),
     },
     "log": {
         "metrics_format": Choice("jsonl", "csv"),

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from common.run_lock import release_all
+from common.watchdog import GRACE_S
+
 # Launchers export one of these; a size above 1 without Horovod means N independent trainings.
 _LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS",
                        "HOROVOD_SIZE", "SLURM_NTASKS")
@@ -95,9 +98,14 @@ def _pin_gpu(local_rank):
         tf.config.set_visible_devices(gpus[local_rank % len(gpus)], "GPU")
 
 
-def horovod_environment(hvd_cfg, output_dir):
-    """The HOROVOD_* variables that config section `horovod` sets; Horovod reads them at init."""
+def horovod_environment(hvd_cfg, output_dir, stall_timeout_s=0):
+    """The HOROVOD_* variables that config section `horovod` and train.stall_timeout_s set;
+    Horovod reads them at init. Its stall shutdown comes after the watchdog's report
+    (common/watchdog.py), as a backstop that names the ranks missing from a collective."""
     env = {}
+    if stall_timeout_s:
+        env["HOROVOD_STALL_CHECK_TIME_SECONDS"] = str(max(1, int(min(60, stall_timeout_s / 2))))
+        env["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] = str(int(stall_timeout_s + 2 * GRACE_S))
     if hvd_cfg.get("fusion_threshold_mb") is not None:
         env["HOROVOD_FUSION_THRESHOLD"] = str(int(hvd_cfg["fusion_threshold_mb"] * 2**20))
     if hvd_cfg.get("cycle_time_ms") is not None:
@@ -107,7 +115,7 @@ def horovod_environment(hvd_cfg, output_dir):
     return env
 
 
-def init_world(hvd_cfg=None, output_dir="."):
+def init_world(hvd_cfg=None, output_dir=".", stall_timeout_s=0):
     """Initialise Horovod (if installed) with the config's `horovod` settings, pin one GPU per
     local rank, return the World."""
     hvd_cfg = hvd_cfg or {}
@@ -122,7 +130,7 @@ def init_world(hvd_cfg=None, output_dir="."):
                 "(scripts/setup.sh) or launch a single process.") from None
         _pin_gpu(0)
         return World()
-    env = horovod_environment(hvd_cfg, output_dir)
+    env = horovod_environment(hvd_cfg, output_dir, stall_timeout_s)
     if "HOROVOD_TIMELINE" in env:  # Horovod opens it at init, before rank 0 makes output_dir
         os.makedirs(os.path.dirname(os.path.abspath(env["HOROVOD_TIMELINE"])), exist_ok=True)
     os.environ.update(env)
@@ -141,7 +149,9 @@ def abort_all(world, exc):
     print(f"{prefix}ERROR: {exc}", file=sys.stderr, flush=True)
     if os.environ.get("TRAIN_DEBUG"):
         traceback.print_exc()
-    if world.size > 1:
+    release_all()  # the output folder's lock: MPI_Abort skips exit handlers
+    # An error every rank raised together (an agreed decision) ends each rank by itself.
+    if world.size > 1 and not getattr(exc, "every_rank", False):
         try:
             from mpi4py import MPI
             MPI.COMM_WORLD.Abort(1)

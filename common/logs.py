@@ -20,7 +20,8 @@ def get_logger(world, name="train"):
 
 
 class MetricsLog:
-    """Appends one record per epoch; on resume drops records past the restored position."""
+    """Appends one record per epoch (flushed to disk); on resume drops the records past the
+    restored position. A torn last line (a kill mid-append) is dropped on reading."""
 
     def __init__(self, path, fmt):
         self.path, self.fmt = path, fmt
@@ -28,28 +29,58 @@ class MetricsLog:
     def read(self):
         if not os.path.exists(self.path):
             return []
-        with open(self.path) as f:
-            if self.fmt == "jsonl":
-                return [json.loads(line) for line in f if line.strip()]
-            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        try:
+            with open(self.path, newline="") as f:
+                text = f.read()
+        except OSError as err:
+            raise OSError(f"{self.path}: cannot read ({err})") from None
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines.pop()  # torn: the append that wrote it was cut short
+        if self.fmt == "jsonl":
+            return [self._json(line, number) for number, line in enumerate(lines, 1)
+                    if line.strip()]
+        rows = list(csv.DictReader(lines))
+        if any(None in row.values() or None in row for row in rows):
+            raise ValueError(f"{self.path}: a row does not match the header")
+        return [{k: _number(v) for k, v in row.items()} for row in rows]
+
+    def _json(self, line, number):
+        try:
+            return json.loads(line)
+        except ValueError as err:
+            raise ValueError(f"{self.path}: line {number} is not JSON ({err})") from None
 
     def truncate_after(self, stage, epoch):
+        """Keep the records up to (stage, epoch); the file is replaced whole, so a kill leaves
+        either the old or the new one."""
+        if not os.path.exists(self.path):
+            return
         kept = [r for r in self.read() if (r["stage"], r["epoch"]) <= (stage, epoch)]
-        if os.path.exists(self.path):
-            os.remove(self.path)
-        for record in kept:
-            self.append(record)
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w", newline="") as f:
+            self._write(f, kept, header=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def append(self, record):
-        new = not os.path.exists(self.path)
+        new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
         with open(self.path, "a", newline="") as f:
-            if self.fmt == "jsonl":
-                f.write(json.dumps(record) + "\n")
-                return
-            writer = csv.DictWriter(f, fieldnames=list(record))
-            if new:
-                writer.writeheader()
-            writer.writerow(record)
+            self._write(f, [record], header=new)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _write(self, f, records, header):
+        if self.fmt == "jsonl":
+            f.writelines(json.dumps(record) + "\n" for record in records)
+            return
+        if not records:
+            return
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        if header:
+            writer.writeheader()
+        writer.writerows(records)
 
 
 def _number(text):

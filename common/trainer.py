@@ -12,6 +12,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from common import lr as lr_rules
+from common import watchdog
 from common.checkpoint import CheckpointStore
 from common.logs import MetricsLog
 from common.data import common_spec
@@ -23,6 +24,7 @@ from common.multires import (EarlyStopping, FinalStageProbe, describe_target, pl
 from common.optimizers import make_optimizer, with_loss_scaling
 from common.preemption import (Preempted, StopRequests, check_mid_epoch_world, epoch_losses,
                                signal_names)
+from common.run_identity import check_stage
 from common.steps import StepRunner, draws_random_numbers, make_eval_step, make_train_step
 from common.summary import run_summary, summary_lines
 from common.mlperf_log import MLPerfLog
@@ -118,6 +120,7 @@ class Trainer:
     def _fit(self):
         self._t0 = time.perf_counter()
         resume = self._resume_state()
+        check_stage(resume, self.stages, self.store.directory)
         if resume:  # wall-clock time counts across resumes
             self._t0 -= resume.get("elapsed_s", 0.0)
         setups = [self._setup(stage) for stage in self.stages]  # validates all data up front
@@ -152,6 +155,7 @@ class Trainer:
         latest = self.world.broadcast_object(self.store.latest() if self.world.is_root else None)
         if latest is None:
             raise FileNotFoundError(f"--test: no checkpoint in {self.store.directory}")
+        check_stage(latest, self.stages, self.store.directory)
         stage = self.stages[latest["stage"]]
         model = self._build_model(stage)
         tf.train.Checkpoint(model=model).read(
@@ -198,22 +202,24 @@ class Trainer:
     def _resume_state(self):
         latest = self.store.latest() if self.world.is_root else None
         latest = self.world.broadcast_object(latest)
-        if not self.cfg["resume"]:
-            if latest:
-                raise RuntimeError(f"{self.store.directory} already holds a checkpoint "
-                                   f"({latest['name']}); pass --resume to continue it or choose "
-                                   "another --output-dir")
-            return None
+        if latest and not self.cfg["resume"]:
+            raise RuntimeError(f"{self.store.directory} already holds a checkpoint "
+                               f"({latest['name']}); pass --resume to continue it or choose "
+                               "another --output-dir")
+        if self.world.is_root:  # drop records of epochs whose checkpoint never landed; a
+            # mid-epoch checkpoint's epoch is logged when that epoch ends
+            self.metrics_log.truncate_after(
+                *(latest["stage"], latest["epoch"] - (latest.get("step") is not None)) if latest
+                else (-1, -1))
         if latest is None:
-            self.log.info(f"no checkpoint in {self.store.directory}; starting from scratch")
+            if self.cfg["resume"]:
+                self.log.info(f"no checkpoint in {self.store.directory}; starting from scratch")
             return None
         self.log.info(f"resuming from {latest['path']}")
-        if self.world.is_root:  # a mid-epoch checkpoint's epoch is logged when it ends
-            self.metrics_log.truncate_after(
-                latest["stage"], latest["epoch"] - (latest.get("step") is not None))
         return latest
 
     def _setup(self, stage):
+        watchdog.progress("reading", stage.index)
         train = stage.train
         local, global_ = lr_rules.batch_sizes(train["scaling"], train["local_batch"],
                                               train["global_batch"], self.world.size)
@@ -276,6 +282,7 @@ class Trainer:
                 "global_batch": setup.global_batch, "peak_lr": setup.peak_lr}
 
     def _run_stage(self, stage, setup, previous, state):
+        watchdog.progress("building", stage.index)
         inside = state if state is not None and state.get("step") is not None else None
         if inside:
             check_mid_epoch_world(inside, self.world, setup.local_batch)
@@ -337,6 +344,7 @@ class Trainer:
             self.mlperf.epoch_start(stage.index, epoch)
         record = self._train_epoch(stage, setup, epoch, learner, early, start)
         self._average_non_trainable(model)
+        watchdog.progress("validation", stage.index, epoch)
         record.update(self._evaluate(setup.val_data, learner.eval_step))
         if self.probe is not None:  # a measurement, not training: kept out of elapsed_s
             t_probe = time.perf_counter()
@@ -369,6 +377,7 @@ class Trainer:
         for step_losses in learner.runner.epoch(setup.train_data.epoch(epoch, first),
                                                 steps - first):
             pending.append(step_losses)
+            watchdog.progress("step", stage.index, epoch, len(losses) + sum(map(len, pending)))
             if sum(map(len, pending)) >= every or not losses:
                 asked = self._read_losses(pending, losses, stage, epoch, bar)
                 t_first = t_first or time.perf_counter()  # after call 1: excludes tracing
@@ -468,10 +477,12 @@ class Trainer:
 
     def _end_epoch(self, model, optimizer, ckpt_state, record):
         self.history.append(record)
+        watchdog.progress("checkpoint", ckpt_state["stage"], ckpt_state["epoch"])
         if self.world.is_root:
-            self.store.save(model, optimizer, ckpt_state)  # checkpoint first: resume trims logs
+            # the record goes in before latest.json names the checkpoint: resume trims it
+            self.store.save(model, optimizer, ckpt_state,
+                            before_publish=lambda: self.metrics_log.append(record))
             self.requests.saved()
-            self.metrics_log.append(record)
             if self.tensorboard:
                 self.tensorboard.scalars(record)
             if self.mlperf:

@@ -1,8 +1,8 @@
 """EDSR input: pairs of JPEG-compressed (LR) and original (HR) climate images of equal size.
 
 Layout: <root>/{train,val,test}/{HR,LR}/<id>.png, with list.txt (one id per line) in train/ and
-test/. A missing list.txt is written once, by rank 0 and atomically, from the HR folder; the
-other ranks wait for it. Every image is decoded once and kept in memory as uint8; each epoch
+test/. A missing list.txt is written once, by rank 0 and atomically, from the HR folder; rank 0
+reads the ids and broadcasts them. Every image is decoded once and kept in memory as uint8; each epoch
 draws random aligned crops (the same window of LR and HR) from them, reproducibly from the run's
 seed, the epoch and the crop's number, whatever the rank count. Validation and test use full
 images. The label carries the JPEG input next to the target (channels [HR, LR]) so that the
@@ -15,6 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from common.data import ShardedDataset
+from common.faults import fault_point
 from common.staging import SplitFiles, stage_inputs
 
 LISTED_SPLITS = ("train", "test")  # the splits that carry a list.txt
@@ -27,16 +28,34 @@ def natural_key(name):
 
 def split_ids(root, split, world=None):
     """Image ids of a split: list.txt (written by rank 0 of `world` when missing) or the HR
-    folder. Without a world nothing is written."""
+    folder. Without a world nothing is written. With one, rank 0 alone looks at the folder and
+    broadcasts the ids: a rank deciding for itself whether list.txt exists yet could skip the
+    collective that rank 0 waits in."""
     folder = os.path.join(root, split)
     hr = os.path.join(folder, "HR")
-    if not os.path.isdir(hr):
-        raise FileNotFoundError(f"{hr}: missing; expected {folder}/HR and {folder}/LR")
     listing = os.path.join(folder, "list.txt")
-    if world is not None and split in LISTED_SPLITS and not os.path.exists(listing):
-        if world.is_root:
-            write_list(hr, listing)
-        world.broadcast_object(None)  # every rank waits until rank 0 has written it
+    fault_point("edsr.list_ids")
+    if world is None or split not in LISTED_SPLITS:
+        return read_ids(hr, listing)
+    result = None
+    if world.is_root:
+        try:
+            if os.path.isdir(hr) and not os.path.exists(listing):
+                write_list(hr, listing)
+            result = {"ids": read_ids(hr, listing)}
+        except (OSError, ValueError) as err:
+            result = {"error": str(err), "missing": isinstance(err, FileNotFoundError)}
+    result = world.broadcast_object(result)
+    if "error" in result:
+        raise (FileNotFoundError if result["missing"] else ValueError)(result["error"])
+    return result["ids"]
+
+
+def read_ids(hr, listing):
+    """The ids in `listing` when it exists, else the HR folder's."""
+    if not os.path.isdir(hr):
+        folder = os.path.dirname(hr)
+        raise FileNotFoundError(f"{hr}: missing; expected {folder}/HR and {folder}/LR")
     if os.path.exists(listing):
         with open(listing) as f:
             ids = [line.strip() for line in f if line.strip()]

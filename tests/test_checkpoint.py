@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.checkpoint import CheckpointStore
+from common.checkpoint import CheckpointError, CheckpointStore
 
 
 def tiny_model():
@@ -64,7 +64,7 @@ def test_no_checkpoint_and_dangling_pointer(tmp_path):
     assert store.latest() is None
     (tmp_path / "latest.json").write_text(json.dumps({"name": "stage0-epoch0007", "stage": 0,
                                                       "epoch": 7}))
-    with pytest.raises(FileNotFoundError, match="stage0-epoch0007"):
+    with pytest.raises(CheckpointError, match="stage0-epoch0007 is missing"):
         CheckpointStore(str(tmp_path)).latest()
 
 
