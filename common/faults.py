@@ -4,6 +4,10 @@ The code marks named points (`fault_point("checkpoint.write")`); TRAIN_FAULTS ma
 in a chosen way, so tests and scripts/fault_matrix-style runs exercise the real failure paths.
 Unset (the normal case) every point is a dictionary look-up that does nothing.
 
+Points: `step` (before each training call), `validation`, `checkpoint.write` (weights written,
+not yet renamed into place), `checkpoint.publish` (renamed, latest.json not yet moved),
+`edsr.list_ids` (before EDSR's rank 0 reads or writes list.txt).
+
 TRAIN_FAULTS holds faults separated by ';', each `<point>:<action>[,rank=<r>][,at=<n>]`:
   action   sleep=<seconds> | hang | kill (SIGKILL this process) | signal=<NAME> (to this
            process, e.g. signal=USR1) | raise=<message> (RuntimeError) | enospc (OSError ENOSPC)
