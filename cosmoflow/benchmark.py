@@ -1,9 +1,11 @@
 """CosmoFlow throughput on this machine: training samples/s on an in-memory batch and on real
-files, the input pipeline alone, and Keras model.fit on the same network and batch.
+files, the input pipeline alone, Keras model.fit on the same network and batch, and over whole
+runs our Trainer against the MLPerf reference (stock Keras layers, its own input pipeline,
+model.fit) on the same files (cosmoflow/epochs_bench.py).
 
     python scripts/benchmark.py --app cosmoflow [--config cosmoflow/configs/mlperf.yaml]
-        [--data-dir DIR] [--local-batch 4] [--steps 10] [--repeats 3] [--set KEY=VALUE]
-        [--staging [--stage-dir /dev/shm/NAME]]
+        [--data-dir DIR] [--local-batch 4] [--steps 10] [--repeats 3] [--epochs 4]
+        [--set KEY=VALUE] [--staging [--stage-dir /dev/shm/NAME]]
 
 Without --data-dir it writes synthetic TFRecords at the config's last-stage resolution, GZIP
 compressed when the config says so. --staging instead compares reading GZIP files, the same
@@ -28,6 +30,7 @@ from common.optimizers import make_optimizer
 from common.scaling import ScalingApp
 from cosmoflow import make_data
 from cosmoflow.data import sample_shape
+from cosmoflow.epochs_bench import compare_epochs
 from cosmoflow.train import DEFAULTS, make_task
 
 
@@ -52,6 +55,9 @@ def parse_args(argv=None):
     parser.add_argument("--local-batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4,
+                        help="epochs of each whole run against the MLPerf reference (0: skip "
+                             "those runs; at least 2: the first epoch holds the trace)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--staging", action="store_true",
                         help="GZIP files vs plain files vs GZIP files staged to --stage-dir")
@@ -61,6 +67,8 @@ def parse_args(argv=None):
     parser.add_argument("--stage-dir", help="data.stage_dir of --staging (default: a temporary "
                                             "folder next to the synthetic data)")
     args = parser.parse_args(argv)
+    if args.epochs == 1 or args.epochs < 0:
+        parser.error("--epochs: 0 (skip the whole runs) or at least 2")
     if args.staging and args.data_dir:
         parser.error("--staging writes its own synthetic files; drop --data-dir")
     return args
@@ -114,8 +122,11 @@ def benchmark(args, work):
                                            "keras model.fit, in-memory")}
     for name, value in ratios.items():
         print(f"  {name:40s} {value:10.2f} x")
+    if args.epochs:
+        epoch_rates, epoch_ratios = compare_epochs(args, stage, world, os.path.join(work, "runs"))
+        rates.update(epoch_rates)
+        ratios.update(epoch_ratios)
     return rates, ratios
-
 
 
 def gzip_copy(plain_root, gzip_root):
