@@ -53,7 +53,8 @@ def parse_args(argv=None):
     parser.add_argument("--config", default="cosmoflow/configs/mlperf.yaml")
     parser.add_argument("--data-dir", help="real files (default: synthetic files written here)")
     parser.add_argument("--local-batch", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
+    parser.add_argument("--steps", type=int, default=10,
+                        help="timed steps per repeat (0: skip the per-step table)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=4,
                         help="epochs of each whole run against the MLPerf reference (0: skip "
@@ -69,6 +70,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.epochs == 1 or args.epochs < 0:
         parser.error("--epochs: 0 (skip the whole runs) or at least 2")
+    if args.steps < 0 or not (args.steps or args.epochs or args.staging):
+        parser.error("--steps 0 --epochs 0: nothing to measure")
     if args.staging and args.data_dir:
         parser.error("--staging writes its own synthetic files; drop --data-dir")
     return args
@@ -94,7 +97,17 @@ def benchmark(args, work):
         print(f"writing {8 * batch} synthetic {size}^3 samples to {stage.data['root']}")
         make_data.write_tfrecord(stage.data["root"], size=size, train=8 * batch, val=2, seed=0,
                                  gzip=stage.data["compression"] == "gzip")
-    task = make_task(cfg)
+    rates, ratios = step_table(args, cfg, stage, world) if args.steps else ({}, {})
+    if args.epochs:
+        epoch_rates, epoch_ratios = compare_epochs(args, stage, world, os.path.join(work, "runs"))
+        rates.update(epoch_rates)
+        ratios.update(epoch_ratios)
+    return rates, ratios
+
+
+def step_table(args, cfg, stage, world):
+    """Training steps on an in-memory batch, from files and through Keras fit; the pipeline."""
+    batch, task = args.local_batch, make_task(cfg)
     train_data, _ = task.make_datasets(stage, batch, world, 0)
     file_batches = endless(train_data)
     x, y, w = next(endless(train_data))
@@ -122,10 +135,6 @@ def benchmark(args, work):
                                            "keras model.fit, in-memory")}
     for name, value in ratios.items():
         print(f"  {name:40s} {value:10.2f} x")
-    if args.epochs:
-        epoch_rates, epoch_ratios = compare_epochs(args, stage, world, os.path.join(work, "runs"))
-        rates.update(epoch_rates)
-        ratios.update(epoch_ratios)
     return rates, ratios
 
 

@@ -33,13 +33,22 @@ def compare_epochs(args, stage, world, work):
         samples = setup.train_data.steps_per_epoch * setup.global_batch
         epochs[TRAINER].append([samples / r["epoch_s"] for r in history[1:]])
         runs[TRAINER].append(seconds)
+        progress(TRAINER, repeat, epochs, runs)
         optimizer = make_optimizer(stage.train, stage.train["lr"]["base"])
         times, seconds = fit_reference(network_spec(stage.model), optimizer, data, args.epochs,
                                        seed=repeat)
         samples = len(data[0]) // args.local_batch * args.local_batch
         epochs[REFERENCE].append([samples / s for s in times.train_s[1:]])
         runs[REFERENCE].append(seconds)
+        progress(REFERENCE, repeat, epochs, runs)
     return report(args, stage, world, data, epochs, runs)
+
+
+def progress(name, repeat, epochs, runs):
+    """One line per run as it ends: a long benchmark shows its figures as it goes."""
+    print(f"  repeat {repeat + 1}, {name}: samples/s of epochs 2-: "
+          + " ".join(number(rate) for rate in epochs[name][-1])
+          + f"; whole run {runs[name][-1]:.1f} s", flush=True)
 
 
 def reference_data(stage, local_batch):
