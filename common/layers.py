@@ -40,10 +40,9 @@ class LeakyReLU(tf.keras.layers.Layer):
     """Keras' LeakyReLU on the fused LeakyRelu kernel, with a gradient that reads the activation's
     output instead of its input (for alpha >= 0 both have the same sign, so the gradient is the
     same). Keras' own gradient reads the input, the convolution's BiasAdd; grappler's remapper
-    under oneDNN (TensorFlow's default on CPUs with AVX-512) then
-    fuses Conv + BiasAdd + LeakyRelu anyway, removes that BiasAdd, and fails on every trace
-    ("remapper failed ... LeakyReluGrad ... missing node BiasAdd"), losing every fusion of the
-    graph. Reading the output leaves the BiasAdd one consumer, so the fusion is valid. Written
+    under oneDNN (TensorFlow's default on CPUs with AVX-512) then fuses Conv + BiasAdd +
+    LeakyRelu anyway, removes that BiasAdd, and fails on every trace ("remapper failed ...
+    LeakyReluGrad ... missing node BiasAdd"), losing every fusion of the graph. Reading the output leaves the BiasAdd one consumer, so the fusion is valid. Written
     as max(x, alpha * x) it avoided the error but cost 1.5x per step at 128^3: two extra
     memory-bound passes over every activation, forward and backward."""
 
