@@ -39,15 +39,22 @@ SETTINGS = {  # name -> config assignments (None: Keras model.fit)
 
 def trainer_run(app, config, sets, epochs, out):
     """(samples/s of each epoch after the first, last record) of one Trainer run."""
+    history, setup, _ = run_trainer(app, config, sets, epochs, out)
+    samples = setup.train_data.steps_per_epoch * setup.global_batch
+    return [samples / r["epoch_s"] for r in history[1:]], history[-1]
+
+
+def run_trainer(app, config, sets, epochs, out, world=None):
+    """(epoch records, last stage's setup, seconds of the whole run) of the Trainer on the
+    config with `sets`, every stage `epochs` long."""
+    start = time.perf_counter()
     cfg, _ = load_config(app.DEFAULTS, config, sets + [f"output_dir={out}"], {"epochs": epochs})
     tf.keras.utils.set_random_seed(cfg["seed"])
     logger = logging.getLogger("epoch_bench")
     logger.setLevel(logging.WARNING)
-    trainer = Trainer(cfg, app.make_task(cfg), World(), logger)
+    trainer = Trainer(cfg, app.make_task(cfg), world or World(), logger)
     history = trainer.fit()
-    setup = trainer.setups[-1]
-    samples = setup.train_data.steps_per_epoch * setup.global_batch
-    return [samples / r["epoch_s"] for r in history[1:]], history[-1]
+    return history, trainer.setups[-1], time.perf_counter() - start
 
 
 def keras_fit_run(app, config, sets, epochs, out):

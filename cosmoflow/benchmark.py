@@ -1,9 +1,11 @@
 """CosmoFlow throughput on this machine: training samples/s on an in-memory batch and on real
-files, the input pipeline alone, and Keras model.fit on the same network and batch.
+files, the input pipeline alone, Keras model.fit on the same network and batch, and over whole
+runs our Trainer against the MLPerf reference (stock Keras layers, its own input pipeline,
+model.fit) on the same files (cosmoflow/epochs_bench.py).
 
     python scripts/benchmark.py --app cosmoflow [--config cosmoflow/configs/mlperf.yaml]
-        [--data-dir DIR] [--local-batch 4] [--steps 10] [--repeats 3] [--set KEY=VALUE]
-        [--staging [--stage-dir /dev/shm/NAME]]
+        [--data-dir DIR] [--local-batch 4] [--steps 10] [--repeats 3] [--epochs 4]
+        [--set KEY=VALUE] [--staging [--stage-dir /dev/shm/NAME]]
 
 Without --data-dir it writes synthetic TFRecords at the config's last-stage resolution, GZIP
 compressed when the config says so. --staging instead compares reading GZIP files, the same
@@ -28,6 +30,7 @@ from common.optimizers import make_optimizer
 from common.scaling import ScalingApp
 from cosmoflow import make_data
 from cosmoflow.data import sample_shape
+from cosmoflow.epochs_bench import compare_epochs
 from cosmoflow.train import DEFAULTS, make_task
 
 
@@ -50,8 +53,12 @@ def parse_args(argv=None):
     parser.add_argument("--config", default="cosmoflow/configs/mlperf.yaml")
     parser.add_argument("--data-dir", help="real files (default: synthetic files written here)")
     parser.add_argument("--local-batch", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
+    parser.add_argument("--steps", type=int, default=10,
+                        help="timed steps per repeat (0: skip the per-step table)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4,
+                        help="epochs of each whole run against the MLPerf reference (0: skip "
+                             "those runs; at least 2: the first epoch holds the trace)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--staging", action="store_true",
                         help="GZIP files vs plain files vs GZIP files staged to --stage-dir")
@@ -61,6 +68,10 @@ def parse_args(argv=None):
     parser.add_argument("--stage-dir", help="data.stage_dir of --staging (default: a temporary "
                                             "folder next to the synthetic data)")
     args = parser.parse_args(argv)
+    if args.epochs == 1 or args.epochs < 0:
+        parser.error("--epochs: 0 (skip the whole runs) or at least 2")
+    if args.steps < 0 or not (args.steps or args.epochs or args.staging):
+        parser.error("--steps 0 --epochs 0: nothing to measure")
     if args.staging and args.data_dir:
         parser.error("--staging writes its own synthetic files; drop --data-dir")
     return args
@@ -86,7 +97,17 @@ def benchmark(args, work):
         print(f"writing {8 * batch} synthetic {size}^3 samples to {stage.data['root']}")
         make_data.write_tfrecord(stage.data["root"], size=size, train=8 * batch, val=2, seed=0,
                                  gzip=stage.data["compression"] == "gzip")
-    task = make_task(cfg)
+    rates, ratios = step_table(args, cfg, stage, world) if args.steps else ({}, {})
+    if args.epochs:
+        epoch_rates, epoch_ratios = compare_epochs(args, stage, world, os.path.join(work, "runs"))
+        rates.update(epoch_rates)
+        ratios.update(epoch_ratios)
+    return rates, ratios
+
+
+def step_table(args, cfg, stage, world):
+    """Training steps on an in-memory batch, from files and through Keras fit; the pipeline."""
+    batch, task = args.local_batch, make_task(cfg)
     train_data, _ = task.make_datasets(stage, batch, world, 0)
     file_batches = endless(train_data)
     x, y, w = next(endless(train_data))
@@ -115,7 +136,6 @@ def benchmark(args, work):
     for name, value in ratios.items():
         print(f"  {name:40s} {value:10.2f} x")
     return rates, ratios
-
 
 
 def gzip_copy(plain_root, gzip_root):

@@ -1,9 +1,10 @@
-"""SeededDropout: masks reproducible from its checkpointed call count, without a new trace."""
+"""SeededDropout: masks reproducible from its checkpointed call count, without a new trace.
+LeakyReLU: Keras' function and gradient, its gradient read from the output."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.layers import SeededDropout
+from common.layers import LeakyReLU, SeededDropout
 from common.steps import draws_random_numbers
 
 
@@ -42,3 +43,24 @@ def test_seeded_dropout_needs_no_fresh_trace_per_epoch():
     assert not draws_random_numbers(model_with_dropout())
     with pytest.raises(ValueError):
         SeededDropout("half")
+
+
+@pytest.mark.parametrize("alpha", [0.3, 0.0, 1.0])
+def test_leaky_relu_matches_keras_in_value_and_gradient(alpha):
+    x = tf.constant(np.concatenate([np.random.default_rng(0).normal(size=200),
+                                    [0.0, -0.0, 1e-30, -1e-30, -1e-45]]).astype(np.float32))
+    ours, keras = LeakyReLU(alpha), tf.keras.layers.LeakyReLU(alpha)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y_ours, y_keras = ours(x), keras(x)
+        upstream = tf.range(x.shape[0], dtype=tf.float32) + 1.0
+        loss_ours, loss_keras = tf.reduce_sum(y_ours * upstream), tf.reduce_sum(y_keras * upstream)
+    np.testing.assert_array_equal(y_ours.numpy(), y_keras.numpy())
+    np.testing.assert_array_equal(tape.gradient(loss_ours, x).numpy(),
+                                  tape.gradient(loss_keras, x).numpy())
+
+
+def test_leaky_relu_rejects_a_slope_whose_output_sign_differs_from_its_input():
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        LeakyReLU(-0.1)
+    assert LeakyReLU(0.2).get_config()["alpha"] == 0.2
