@@ -22,7 +22,9 @@ IDENTITY = "identity.json"  # in the checkpoints folder
 FREE = {
     "data": {"root", "stage_dir", "shuffle", "format", "compression", "eval_batch",
              "preview_images", "preview_samples"},
-    "train": {"epochs", "early_stop", "target", "jit_compile", "steps_per_call",
+    # precision: checkpoints hold float32 weights and the inner optimizer, so they load across
+    # precisions (a run may move to bfloat16 on GPUs that have it)
+    "train": {"epochs", "early_stop", "target", "jit_compile", "steps_per_call", "precision",
               "stall_timeout_s", "lr"},
     "model": set(),
 }

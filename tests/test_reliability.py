@@ -88,7 +88,9 @@ def test_a_stuck_rank_ends_the_job_naming_where_each_rank_stood(tmp_path):
     stuck = next((line for line in result.stdout.splitlines()
                   if line.startswith("[rank 1] ERROR: stalled")), "")
     assert "stage 0, epoch 1, after step 1, phase step" in stuck, result.stdout[-3000:]
-    assert "Missing ranks:\n1: [HorovodAllreduce]" in result.stdout  # Horovod's stall check
+    # Horovod's own stall report (its variables are checked in test_watchdog.py) is printed by
+    # its background thread on its own schedule: on a loaded machine the watchdog may end the
+    # job first, so it is not asserted here.
     assert took < 200, took  # start-up, the timeout, the grace; not the 280 s test bound
 
 
