@@ -128,7 +128,7 @@ class CheckpointStore:
         os.replace(tmp, final)
         _fsync_path(self.directory)
         fault_point("checkpoint.publish")
-        _write_atomically(os.path.join(self.directory, LATEST), json.dumps({**state, "name": name}))
+        write_atomically(os.path.join(self.directory, LATEST), json.dumps({**state, "name": name}))
         self._prune(keep_name=name)
         return final
 
@@ -216,7 +216,8 @@ def _fsync_path(path):
         os.close(fd)
 
 
-def _write_atomically(path, text):
+def write_atomically(path, text):
+    """Replace `path` with `text` whole: a kill leaves the old or the new file, synced."""
     tmp = f"{path}.tmp"
     _write_synced(tmp, text)
     os.replace(tmp, path)

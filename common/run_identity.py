@@ -13,6 +13,7 @@ import os
 import re
 import sys
 
+from common.checkpoint import write_atomically
 from common.config import save_config
 from common.multires import plan_stages
 from common.summary import run_record
@@ -105,10 +106,8 @@ def record_start(cfg, world, log):
     save_config(cfg, os.path.join(out, "config.yaml"))
     with open(os.path.join(out, "run.json"), "w") as f:
         json.dump(record, f, indent=1)
-    part = os.path.join(checkpoints, IDENTITY + ".tmp")
-    with open(part, "w") as f:
-        json.dump({"trained": trained(cfg), "commit": record["commit"]}, f, indent=1)
-    os.replace(part, os.path.join(checkpoints, IDENTITY))
+    write_atomically(os.path.join(checkpoints, IDENTITY),
+                     json.dumps({"trained": trained(cfg), "commit": record["commit"]}, indent=1))
 
 
 def check_stage(latest, stages, store_dir):
