@@ -7,6 +7,8 @@ import platform
 import socket
 import subprocess
 
+from common.cpu_kernels import onednn_enabled
+
 LAUNCHERS = (("SLURM_STEP_ID", "srun (SLURM)"), ("LSB_JOBID", "jsrun (LSF)"),
              ("HOROVOD_RANK", "horovodrun"), ("OMPI_COMM_WORLD_SIZE", "mpiexec (Open MPI)"),
              ("PMI_SIZE", "mpiexec (PMI)"))
@@ -19,7 +21,8 @@ def run_record(world, argv):
             "launcher": next((name for var, name in LAUNCHERS if os.environ.get(var)),
                              "single process"),
             "python": platform.python_version(), "tensorflow": _version("tensorflow"),
-            "horovod": _version("horovod"), "mpi": _mpi_library(), "commit": _commit()}
+            "horovod": _version("horovod"), "mpi": _mpi_library(), "commit": _commit(),
+            "onednn": onednn_enabled()}
 
 
 def _version(module):

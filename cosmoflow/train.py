@@ -4,6 +4,7 @@
 
 This file only wires the pieces: config sections and the task (model, data, loss, metrics).
 """
+import cosmoflow  # noqa: F401  first: its __init__ picks the CPU kernels before TensorFlow loads
 import tensorflow as tf
 
 from common.config import Choice, Range

@@ -6,6 +6,7 @@ This file only wires the pieces: config sections and the task (model, data, loss
 """
 import os
 
+import deepcam  # noqa: F401  first: its __init__ picks the CPU kernels before TensorFlow loads
 from common.config import Choice, Range
 from common.launch import run
 from common.trainer import Task

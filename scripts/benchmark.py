@@ -22,6 +22,7 @@ def main(argv=None):
     mode.add_argument("--scaling", action="store_true")
     mode.add_argument("--model-scaling", action="store_true")
     args, rest = parser.parse_known_args(argv)
+    importlib.import_module(args.app)  # first: the app picks TensorFlow's CPU kernels
     if args.scaling:
         return importlib.import_module("common.scaling").main(args.app, rest)
     if args.model_scaling:

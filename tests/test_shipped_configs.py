@@ -3,7 +3,9 @@ in its own format, with only size-shrinking overrides (each app's `<app>.smoke.t
 optimizer, schedule, early-stop and target settings run exactly as shipped. New configs and new
 apps are picked up without editing this file."""
 import importlib
+import json
 import math
+import os
 
 import pytest
 import yaml
@@ -13,6 +15,9 @@ from conftest import REPO, read_metrics, run_ranks
 CONFIGS = sorted(REPO.glob("*/configs/*.yaml"))
 SHIPPED_TRAIN_KEYS = ("optimizer", "scaling", "early_stop", "target")
 SHIPPED_LR_KEYS = ("rule", "warmup_epochs", "decay", "decay_epochs", "decay_factors")
+
+
+ONEDNN_APPS = ("cosmoflow", "deepcam")  # common/cpu_kernels.py
 
 
 def test_every_app_ships_configs():
@@ -33,6 +38,8 @@ def test_shipped_config_runs_one_epoch_per_stage(path, tmp_path):
     assert [(r["stage"], r["epoch"]) for r in records] == [(i, 0) for i in range(n_stages)]
     assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in records)
     assert (tmp_path / "out" / "checkpoints" / "latest.json").exists()
+    if app in ONEDNN_APPS and "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
+        assert json.loads((tmp_path / "out" / "run.json").read_text())["onednn"] is True
 
     resolved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
     shipped_train = shipped.get("train", {})
