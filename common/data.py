@@ -62,6 +62,7 @@ class ShardedDataset:
         if shuffle not in ("global", "local"):
             raise ValueError(f"{name}: shuffle must be 'global' or 'local', got {shuffle!r}")
         self.shuffle = shuffle
+        self._eval_pipeline = None
         if len(self.keys) == 0:
             raise ValueError(f"{name}: no samples")
         if training and self.steps_per_epoch == 0:
@@ -82,8 +83,8 @@ class ShardedDataset:
     def _padded_shard_len(self):
         return math.ceil(len(self.keys) / self.size)
 
-    def shard_keys(self, epoch):
-        """(keys, weights) this rank reads in `epoch`, in order."""
+    def shard_positions(self, epoch):
+        """(positions in `keys`, weights) this rank reads in `epoch`, in order."""
         n = len(self.keys)
         if self.training:
             take = self.steps_per_epoch * self.local_batch
@@ -93,27 +94,56 @@ class ShardedDataset:
             else:
                 order = np.random.default_rng([self.seed, epoch]).permutation(n)
                 mine = order[self.rank::self.size]
-            return self.keys[mine[:take]], np.ones(take, np.float32)
-        mine, weights = eval_shard(n, self.rank, self.size)
-        return self.keys[mine], weights
+            return mine[:take].astype(np.int64), np.ones(take, np.float32)
+        return eval_shard(n, self.rank, self.size)
+
+    def shard_keys(self, epoch):
+        """(keys, weights) this rank reads in `epoch`, in order."""
+        positions, weights = self.shard_positions(epoch)
+        return self.keys[positions], weights
 
     def epoch(self, epoch, first_step=0):
         """The epoch's batches from its `first_step`-th on: a resumed epoch reads the samples
-        it had not reached, in the same order (random crops are seeded by key, not position)."""
-        keys, weights = self.shard_keys(epoch)
-        skip = first_step * self.local_batch
-        keys, weights = keys[skip:], weights[skip:]
+        it had not reached, in the same order (random crops are seeded by key, not position).
+        Evaluation data is the same every epoch: its pipeline is built (and traced) once."""
+        if self.training or first_step:
+            return self.epochs(epoch, epoch + 1, first_step)
+        if self._eval_pipeline is None:
+            self._eval_pipeline = self.epochs(0, 1)
+        return self._eval_pipeline
 
-        def load(key, weight):
+    def epochs(self, first, end, first_step=0):
+        """Batches of epochs first .. end-1 (the first from its `first_step`-th batch) from one
+        pipeline, built and traced once: like a repeated dataset, its prefetch runs on across
+        epoch ends and validation, where a pipeline per epoch starts empty and traces its map
+        again (seconds per epoch at 128^3 on a loaded CPU). A training epoch is whole batches,
+        so no batch straddles two epochs; each epoch's order is drawn when the pipeline
+        reaches it."""
+        if not self.training and end - first > 1:
+            raise ValueError(f"{self.name}: evaluation batches are per epoch, not {first}..{end}")
+
+        def positions(epoch, skip):
+            mine, weights = self.shard_positions(int(epoch))
+            return mine[skip:], weights[skip:], np.full(len(mine) - skip, epoch, np.int64)
+
+        def one_epoch(epoch):
+            skip = tf.where(epoch == first, first_step * self.local_batch, 0)
+            mine, weights, epochs = tf.numpy_function(
+                positions, [epoch, skip], (tf.int64, tf.float32, tf.int64), stateful=False)
+            return tf.data.Dataset.from_tensor_slices((mine, weights, epochs))
+
+        keys = tf.constant(self.keys)
+
+        def load(position, weight, epoch):
+            key = tf.gather(keys, position)
             if self.seeded_load:
-                seed = tf.stack([tf.constant(self.seed * 100003 + epoch, tf.int64),
-                                 tf.cast(key, tf.int64)])
+                seed = tf.stack([self.seed * 100003 + epoch, tf.cast(key, tf.int64)])
                 x, y = self.load_fn(key, seed)
             else:
                 x, y = self.load_fn(key)
             return x, y, weight
 
-        ds = tf.data.Dataset.from_tensor_slices((keys, weights))
+        ds = tf.data.Dataset.range(first, end).flat_map(one_epoch)
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(self.local_batch, drop_remainder=self.training)
         options = tf.data.Options()
@@ -121,7 +151,6 @@ class ShardedDataset:
         # training step keeps the intra-op thread pool to itself.
         options.threading.max_intra_op_parallelism = 1
         return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
-
 
 def common_spec(datasets):
     """The most specific batch spec that fits every ShardedDataset's batches: dimensions that

@@ -76,17 +76,23 @@ class StepRunner:
 
         self.multi_step = multi_step
 
-    def epoch(self, dataset, steps):
+    def batches(self, dataset):
+        """An iterator over `dataset` for `epoch`: with several steps per call its batches'
+        shapes are loosened to the runner's spec, which picks the compiled loop's trace."""
+        return iter(dataset if self.steps_per_call == 1 else loosened(dataset, self.spec))
+
+    def epoch(self, batches, steps):
+        """Run the next `steps` training steps on `batches` (an iterator from `batches`, which
+        goes on across epochs)."""
         if self.steps_per_call == 1:
-            for x, y, w in dataset:
+            for _ in range(steps):
+                x, y, w = next(batches)
                 fault_point("step")
                 yield tf.expand_dims(self.train_step(x, y, w), 0)
             return
-        iterator = iter(loosened(dataset, self.spec))  # the iterator's spec picks the trace
         for done in range(0, steps, self.steps_per_call):
             fault_point("step")
-            yield self.multi_step(iterator, tf.constant(min(self.steps_per_call, steps - done)))
-
+            yield self.multi_step(batches, tf.constant(min(self.steps_per_call, steps - done)))
 
 def make_eval_step(model, loss_fn, metric_fns):
     """tf.function returning [sum loss, sum metric_1, ..., sum weights] for one batch."""

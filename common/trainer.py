@@ -306,6 +306,7 @@ class Trainer:
         # (An epoch resumed inside draws other random numbers from its resume step on.)
         fresh_trace_per_epoch = draws_random_numbers(model)
         first_epoch = state["epoch"] + (not inside) if state else 0
+        batches = None  # one training pipeline for the stage's epochs (ShardedDataset.epochs)
         for epoch in range(first_epoch, stage.epochs):
             start = inside if epoch == first_epoch else None
             if fresh_trace_per_epoch or learner.runner is None:
@@ -316,7 +317,10 @@ class Trainer:
                     make_train_step(model, optimizer, self.task.loss, self.world,
                                     stage.train["jit_compile"], self.requests.variable),
                     stage.train["steps_per_call"], learner.train_spec)
-            record = self._epoch(stage, setup, epoch, learner, early, start)
+            if batches is None:
+                batches = learner.runner.batches(setup.train_data.epochs(
+                    epoch, stage.epochs, start["step"] if start else 0))
+            record = self._epoch(stage, setup, epoch, learner, early, start, batches)
             target_hit = reached(record.get(target["metric"]), target["value"], target["mode"])
             stop = early.update(record[es_cfg["metric"]]) or target_hit
             ckpt_state = {"stage": stage.index, "epoch": epoch, "stopped_early": stop,
@@ -336,13 +340,13 @@ class Trainer:
                 break
         return learner, False
 
-    def _epoch(self, stage, setup, epoch, learner, early, start):
-        """Train one epoch (from `start`, a mid-epoch checkpoint's state, if given), then
-        validate; returns the epoch's record."""
+    def _epoch(self, stage, setup, epoch, learner, early, start, batches):
+        """Train one epoch on the next batches of the stage's iterator `batches` (from `start`,
+        a mid-epoch checkpoint's state, if given), then validate; returns the epoch's record."""
         model, optimizer = learner.model, learner.optimizer
         if self.mlperf:
             self.mlperf.epoch_start(stage.index, epoch)
-        record = self._train_epoch(stage, setup, epoch, learner, early, start)
+        record = self._train_epoch(stage, setup, epoch, learner, early, start, batches)
         self._average_non_trainable(model)
         watchdog.progress("validation", stage.index, epoch)
         record.update(self._evaluate(setup.val_data, learner.eval_step))
@@ -358,7 +362,7 @@ class Trainer:
         record["lr"] = float(optimizer.learning_rate)  # the LR of the epoch's last step
         return record
 
-    def _train_epoch(self, stage, setup, epoch, learner, early, start):
+    def _train_epoch(self, stage, setup, epoch, learner, early, start, batches):
         """Losses stay on the device and are read back every log.every_steps steps (and after
         the first step, which times the trace, and at epoch end): a read is a sync that would
         stall a GPU's queue every step. The loss is averaged over ranks inside the step, so all
@@ -374,8 +378,7 @@ class Trainer:
         every = self.cfg["log"]["every_steps"]
         losses, pending, t_first = [], [], None
         t_start = time.perf_counter()
-        for step_losses in learner.runner.epoch(setup.train_data.epoch(epoch, first),
-                                                steps - first):
+        for step_losses in learner.runner.epoch(batches, steps - first):
             pending.append(step_losses)
             watchdog.progress("step", stage.index, epoch, len(losses) + sum(map(len, pending)))
             if sum(map(len, pending)) >= every or not losses:

@@ -35,8 +35,9 @@ def trained_weights(data, jit_compile=False, steps_per_call=1):
     optimizer = tf.keras.optimizers.Adam(0.01)
     step = make_train_step(model, optimizer, mse, World(), jit_compile)
     runner = StepRunner(step, steps_per_call)
-    losses = np.concatenate([v.numpy() for v in runner.epoch(
-        tf.data.Dataset.from_tensor_slices(tuple(map(np.stack, zip(*data)))), len(data))])
+    dataset = tf.data.Dataset.from_tensor_slices(tuple(map(np.stack, zip(*data))))
+    losses = np.concatenate([v.numpy() for v in runner.epoch(runner.batches(dataset),
+                                                             len(data))])
     return model.get_weights(), losses
 
 
