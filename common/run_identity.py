@@ -29,6 +29,9 @@ FREE = {
               "stall_timeout_s", "lr"},
     "model": set(),
 }
+# Keys added after runs were first recorded, with the value every earlier run trained with: left
+# out of the identity at that value, so those runs still resume.
+ADDED = {"train": {"accumulate_steps": 1}}
 
 
 class RunMismatch(ValueError):
@@ -38,8 +41,10 @@ class RunMismatch(ValueError):
 def trained(cfg):
     """The part of `cfg` that decides what is trained: seed and each stage's resolved sections
     without the keys a resume may change."""
+    def kept(section, key, value):
+        return key not in FREE[section] and ADDED.get(section, {}).get(key, kept) != value
     stages = [{"name": s.name, **{section: {k: v for k, v in getattr(s, section).items()
-                                            if k not in FREE[section]}
+                                            if kept(section, k, v)}
                                   for section in FREE}} for s in plan_stages(cfg)]
     return {"seed": cfg["seed"], "stages": stages}
 
