@@ -1,10 +1,11 @@
 """What a run trains, kept beside its checkpoints, so that --resume and --test continue the same
 run: the resolved config and the commit of every start.
 
-A resume may change what a job chain legitimately changes (epochs, rank count, the path of the
-same data, logging, output, Horovod settings, staging, speed settings, and the learning rate,
-which the non-finite loss message tells users to lower); any other difference (network, data,
-stage plan, optimizer, loss, seed) is refused with the differing keys listed.
+A resume may change what a job chain legitimately changes (epochs, rank count and gradient
+accumulation, the path of the same data, logging, output, Horovod settings, staging, speed
+settings, and the learning rate, which the non-finite loss message tells users to lower); any
+other difference (network, data, stage plan, optimizer, loss, seed) is refused with the differing
+keys listed.
 Each start's config is kept as config-<n>.yaml; config.yaml is the latest.
 """
 import glob
@@ -25,13 +26,11 @@ FREE = {
              "preview_images", "preview_samples"},
     # precision: checkpoints hold float32 weights and the inner optimizer, so they load across
     # precisions (a run may move to bfloat16 on GPUs that have it)
+    # accumulate_steps: like the rank count, it moves the same run onto fewer or more GPUs
     "train": {"epochs", "early_stop", "target", "jit_compile", "steps_per_call", "precision",
-              "stall_timeout_s", "lr"},
+              "stall_timeout_s", "lr", "accumulate_steps"},
     "model": set(),
 }
-# Keys added after runs were first recorded, with the value every earlier run trained with: left
-# out of the identity at that value, so those runs still resume.
-ADDED = {"train": {"accumulate_steps": 1}}
 
 
 class RunMismatch(ValueError):
@@ -41,10 +40,8 @@ class RunMismatch(ValueError):
 def trained(cfg):
     """The part of `cfg` that decides what is trained: seed and each stage's resolved sections
     without the keys a resume may change."""
-    def kept(section, key, value):
-        return key not in FREE[section] and ADDED.get(section, {}).get(key, kept) != value
     stages = [{"name": s.name, **{section: {k: v for k, v in getattr(s, section).items()
-                                            if kept(section, k, v)}
+                                            if k not in FREE[section]}
                                   for section in FREE}} for s in plan_stages(cfg)]
     return {"seed": cfg["seed"], "stages": stages}
 

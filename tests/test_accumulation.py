@@ -11,17 +11,15 @@ import pytest
 import tensorflow as tf
 
 from common.accumulation import update_batches
-from common.config import COMMON_DEFAULTS, ConfigError, merge_defaults, resolve
+from common.config import COMMON_DEFAULTS, ConfigError, resolve
 from common.data import ShardedDataset
 from common.distributed import World
 from common.lr import batch_sizes
 from common.optimizers import make_optimizer, with_loss_scaling
 from common.preemption import check_mid_epoch_world
-from common.run_identity import differences, trained
 from common.steps import make_train_step
 from conftest import REPO, read_metrics, run_ranks, write_config
 from cosmoflow.make_data import write_tfrecord
-from cosmoflow.train import DEFAULTS as COSMOFLOW
 from test_distributed import checkpoint_weights
 from test_preemption import run_recorded
 
@@ -42,7 +40,8 @@ def mse(y, pred):
     return tf.reduce_mean(tf.square(y - pred), -1)
 
 
-def train(accumulate, batches, optimizer="sgd", max_grad_norm=None, precision="float32"):
+def train(accumulate, batches, optimizer="sgd", max_grad_norm=None, precision="float32",
+          jit_compile=False):
     """Weights, per-step losses and the optimizer after stepping through `batches`."""
     tf.keras.mixed_precision.set_global_policy(precision)
     try:
@@ -51,7 +50,8 @@ def train(accumulate, batches, optimizer="sgd", max_grad_norm=None, precision="f
                               "max_grad_norm": max_grad_norm}, 0.05)
         opt.build(model.trainable_variables)
         opt = with_loss_scaling(opt, precision)
-        step = make_train_step(model, opt, mse, World(), accumulate_steps=accumulate)
+        step = make_train_step(model, opt, mse, World(), jit_compile,
+                               accumulate_steps=accumulate)
         losses = [float(step(*batch)) for batch in batches]
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
@@ -64,15 +64,17 @@ def batches(count=3, size=16, seed=1):
              rng.normal(size=(size, 3)).astype(np.float32), WEIGHTS) for _ in range(count)]
 
 
-@pytest.mark.parametrize("optimizer, max_grad_norm", [("sgd", None), ("adam", 0.01)])
-def test_k_micro_batches_equal_one_batch_of_k_times_b(optimizer, max_grad_norm):
+@pytest.mark.parametrize("optimizer, max_grad_norm, jit_compile",
+                         [("sgd", None, False), ("adam", 0.01, False), ("sgd", None, True)])
+def test_k_micro_batches_equal_one_batch_of_k_times_b(optimizer, max_grad_norm, jit_compile):
     """With max_grad_norm 0.01 every update is clipped: clipping a micro-batch's gradient
-    instead of the accumulated one would differ."""
+    instead of the accumulated one would differ. With XLA each micro-batch's forward and
+    backward pass is the compiled one."""
     data = batches()
     whole, whole_losses, _ = train(1, data, optimizer, max_grad_norm)
     start = tiny_model().get_weights()
     assert not np.allclose(whole[0], start[0])
-    accumulated, losses, _ = train(4, data, optimizer, max_grad_norm)
+    accumulated, losses, _ = train(4, data, optimizer, max_grad_norm, jit_compile=jit_compile)
     for a, b in zip(accumulated, whole):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(losses, whole_losses, rtol=1e-5)
@@ -147,18 +149,6 @@ def test_a_mid_epoch_checkpoint_resumes_only_with_its_accumulation():
     check_mid_epoch_world(state, World(), 4, 1)
 
 
-def test_runs_recorded_before_accumulation_existed_still_resume(tmp_path):
-    schema = merge_defaults(COMMON_DEFAULTS, COSMOFLOW)
-    path = tmp_path / "c.yaml"
-    path.write_text("seed: 1\n")
-    recorded = trained(resolve(schema, str(path)))
-    recorded["stages"][0]["train"].pop("accumulate_steps", None)  # as an older run's identity
-    assert differences(recorded, trained(resolve(schema, str(path)))) == []
-    assert differences(recorded, trained(resolve(
-        schema, str(path), ["train.accumulate_steps=2"]))) == \
-        ["stages.0.train.accumulate_steps: '(absent)' -> 2"]
-
-
 # Whole runs of CosmoFlow's train.py: 32 samples, 4 updates of 8 samples per epoch.
 TRAIN = REPO / "cosmoflow" / "train.py"
 MODEL = {"name": "mlperf", "head": "global_pool", "width_scale": 0.125, "dropout": 0.0}
@@ -171,16 +161,16 @@ def data(tmp_path_factory):
     return root
 
 
-def config(tmp_path, name, data, local_batch, accumulate):
+def config(tmp_path, name, data, **train):
     """Weak scaling, LR 0.01 tuned at batch 4 and scaled linearly, one warmup epoch, decay
     after epoch 2: every LR setting depends on the global batch and the updates per epoch."""
     return write_config(tmp_path / f"{name}.yaml", {
         "output_dir": str(tmp_path / name), "seed": 2, "deterministic": True, "model": MODEL,
         "data": {"format": "tfrecord", "root": str(data), "resolution": 8},
-        "train": {"optimizer": "sgd", "momentum": 0.9, "epochs": 3, "local_batch": local_batch,
-                  "accumulate_steps": accumulate,
+        "train": {"optimizer": "sgd", "momentum": 0.9, "epochs": 3,
                   "lr": {"base": 0.01, "base_batch": 4, "rule": "linear", "warmup_epochs": 1,
-                         "decay": "step", "decay_epochs": [2], "decay_factors": [0.5]}},
+                         "decay": "step", "decay_epochs": [2], "decay_factors": [0.5]},
+                  **train},
         "log": {"progress": False, "every_steps": 1, "mlperf": {"enabled": True}}})
 
 
@@ -194,7 +184,7 @@ def run_ok(ranks, cfg):
 def one_batch(data, tmp_path_factory):
     """The reference: 1 rank, batches of 8."""
     tmp = tmp_path_factory.mktemp("one_batch")
-    run_ok(1, config(tmp, "run", data, 8, 1))
+    run_ok(1, config(tmp, "run", data, local_batch=8))
     return tmp / "run"
 
 
@@ -202,7 +192,7 @@ def one_batch(data, tmp_path_factory):
 def accumulated(data, tmp_path_factory):
     """1 rank, 2 micro-batches of 4 per update."""
     tmp = tmp_path_factory.mktemp("accumulated")
-    out = run_ok(1, config(tmp, "run", data, 4, 2))
+    out = run_ok(1, config(tmp, "run", data, local_batch=4, accumulate_steps=2))
     return tmp / "run", out
 
 
@@ -237,14 +227,16 @@ def test_an_accumulated_run_trains_as_one_batch_of_the_global_batch(one_batch, a
 
 def test_two_ranks_accumulating_train_as_one_rank_with_the_global_batch(data, tmp_path,
                                                                        one_batch):
-    out = run_ok(2, config(tmp_path, "two", data, 2, 2))
+    """Also 2 updates per compiled call (steps_per_call)."""
+    out = run_ok(2, config(tmp_path, "two", data, local_batch=2, accumulate_steps=2,
+                           steps_per_call=2))
     assert "local batch 2 x 2 accumulated, global batch 8 over 2 ranks" in out
     assert_same_run(tmp_path / "two", one_batch)
 
 
 def test_a_resume_inside_an_epoch_with_accumulation_equals_the_uninterrupted_run(
         data, tmp_path, accumulated):
-    cfg = config(tmp_path, "cut", data, 4, 2)
+    cfg = config(tmp_path, "cut", data, local_batch=4, accumulate_steps=2)
     # SIGTERM before the 2nd update of epoch 2 (the 6th call): that update carries it.
     result, _ = run_recorded(tmp_path, ["--config", cfg], "step:signal=TERM,at=6", ranks=1)
     assert "stopped by SIGTERM at stage 'main' epoch 2 step 2/4" in result.stdout, \
@@ -254,3 +246,16 @@ def test_a_resume_inside_an_epoch_with_accumulation_equals_the_uninterrupted_run
     result, _ = run_recorded(tmp_path, ["--config", cfg, "--resume"], ranks=1)
     assert result.returncode == 0, result.stdout[-3000:]
     assert_same_run(tmp_path / "cut", accumulated[0])
+
+
+def test_a_run_moves_to_half_the_ranks_keeping_its_global_batch_by_accumulating(
+        data, tmp_path, one_batch):
+    """Strong scaling, global batch 8: 2 ranks for the first epoch, then 1 rank with K = 2."""
+    strong = {"scaling": "strong", "global_batch": 8}
+    run_ok(2, config(tmp_path, "moved", data, epochs=1, **strong))
+    result = run_ranks(1, [TRAIN, "--config", config(tmp_path, "moved", data, accumulate_steps=2,
+                                                     **strong), "--resume"], timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert ("resuming on 1 rank(s) accumulating 2 micro-batches a run checkpointed on 2: local "
+            "batch 4 -> 4, global batch 8 -> 8, peak LR 0.02 -> 0.02") in result.stdout
+    assert_same_run(tmp_path / "moved", one_batch)
