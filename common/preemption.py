@@ -89,7 +89,7 @@ def epoch_losses(start, losses):
 
 def check_mid_epoch_world(state, world, local_batch, accumulate_steps=1):
     """A mid-epoch checkpoint resumes only where it was written: the remaining samples of the
-    epoch are this rank count's shards of the epoch's order, taken from the update it stopped at."""
+    epoch are this rank count's shards of the epoch's order, from the update it stopped at."""
     before = state.get("world") or {}
     then = (before.get("size"), before.get("local_batch"), before.get("accumulate_steps", 1))
     if then == (world.size, local_batch, accumulate_steps):

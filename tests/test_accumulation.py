@@ -5,6 +5,7 @@ The networks here have no BatchNorm: with it, each micro-batch is normalised by 
 statistics, so the results would differ from one large batch (the README says so)."""
 import json
 import re
+import types
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from common.config import COMMON_DEFAULTS, ConfigError, resolve
 from common.data import ShardedDataset
 from common.distributed import World
 from common.lr import batch_sizes
+from common.multires import same_network
 from common.optimizers import make_optimizer, with_loss_scaling
 from common.preemption import check_mid_epoch_world
 from common.steps import make_train_step
@@ -147,6 +149,17 @@ def test_a_mid_epoch_checkpoint_resumes_only_with_its_accumulation():
         check_mid_epoch_world(state, World(), 4, 1)
     del state["world"]["accumulate_steps"]  # written before accumulation existed: K was 1
     check_mid_epoch_world(state, World(), 4, 1)
+
+
+def test_stages_with_another_accumulation_do_not_share_a_compiled_step():
+    """K is fixed in a traced step: a stage with another K builds its own (weights carry over)."""
+    model = tiny_model()
+
+    def stage(k):  # the other step keys: the schema's entries, the same in both stages
+        return types.SimpleNamespace(model={}, train={**COMMON_DEFAULTS["train"],
+                                                      "accumulate_steps": k})
+    assert same_network(stage(2), stage(2), model, model)
+    assert not same_network(stage(1), stage(2), model, model)
 
 
 # Whole runs of CosmoFlow's train.py: 32 samples, 4 updates of 8 samples per epoch.
