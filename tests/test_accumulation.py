@@ -250,12 +250,12 @@ def test_two_ranks_accumulating_train_as_one_rank_with_the_global_batch(data, tm
 def test_a_resume_inside_an_epoch_with_accumulation_equals_the_uninterrupted_run(
         data, tmp_path, accumulated):
     cfg = config(tmp_path, "cut", data, local_batch=4, accumulate_steps=2)
-    # SIGTERM before the 2nd update of epoch 2 (the 6th call): that update carries it.
+    # SIGTERM before the 2nd update of epoch 2 (the 6th call); the next update carries it.
     result, _ = run_recorded(tmp_path, ["--config", cfg], "step:signal=TERM,at=6", ranks=1)
-    assert "stopped by SIGTERM at stage 'main' epoch 2 step 2/4" in result.stdout, \
+    assert "stopped by SIGTERM at stage 'main' epoch 2 step 3/4" in result.stdout, \
         result.stdout[-3000:]
     latest = json.loads((tmp_path / "cut" / "checkpoints" / "latest.json").read_text())
-    assert (latest["epoch"], latest["step"], latest["world"]["accumulate_steps"]) == (1, 2, 2)
+    assert (latest["epoch"], latest["step"], latest["world"]["accumulate_steps"]) == (1, 3, 2)
     result, _ = run_recorded(tmp_path, ["--config", cfg, "--resume"], ranks=1)
     assert result.returncode == 0, result.stdout[-3000:]
     assert_same_run(tmp_path / "cut", accumulated[0])
