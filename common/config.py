@@ -83,6 +83,9 @@ COMMON_DEFAULTS = {
         "local_batch": Range(8, low=1),
         "scaling": Choice("weak", "strong"),  # weak: fixed local batch; strong: fixed global batch
         "global_batch": Range(None, low=1, kind=int),  # strong scaling: split over the ranks
+        # Sum the gradients of K micro-batches of local_batch per rank before the one allreduce
+        # and update: the global batch is local_batch x ranks x K (common/accumulation.py).
+        "accumulate_steps": Range(1, low=1),
         "optimizer": Choice("sgd", "adam", "adamw", "lamb"),
         "momentum": Range(0.9, low=0.0, high=1.0),   # sgd
         "weight_decay": Range(0.0, low=0.0),         # sgd, adamw, lamb (decoupled)

@@ -33,6 +33,8 @@ SETTINGS = {  # name -> config assignments (None: Keras model.fit)
     "mixed_bfloat16": ["train.precision=mixed_bfloat16"],
     "XLA (jit_compile)": ["train.jit_compile=true"],
     "8 steps per call": ["train.steps_per_call=8"],
+    # twice the global batch from the same micro-batch: what the loop over micro-batches costs
+    "accumulate_steps 2": ["train.accumulate_steps=2"],
     "keras model.fit": None,
 }
 

@@ -72,12 +72,18 @@ def continue_schedule(optimizer, schedule, stage, setup, state):
 
 
 def world_change(state, world, setup, lr_now):
-    """The log line of a resume on another rank count, or None on the same count."""
+    """The log line of a resume on another rank count or accumulation, or None on the same."""
     before = state.get("world")
-    if not before or before["size"] == world.size:
+    if not before or (before["size"], before.get("accumulate_steps", 1)) == \
+            (world.size, setup.accumulate):
         return None
-    return (f"resuming on {world.size} rank(s) a run checkpointed on {before['size']}: local "
-            f"batch {before['local_batch']} -> {setup.local_batch}, global batch "
+    return (f"resuming on {world.size} rank(s){_accumulating(setup.accumulate)} a run "
+            f"checkpointed on {before['size']}{_accumulating(before.get('accumulate_steps', 1))}: "
+            f"local batch {before['local_batch']} -> {setup.local_batch}, global batch "
             f"{before['global_batch']} -> {setup.global_batch}, peak LR {before['peak_lr']:g} -> "
             f"{setup.peak_lr:g}; the LR schedule continues at epoch {state['epoch'] + 1} with LR "
             f"{lr_now:g}")
+
+
+def _accumulating(steps):
+    return f" accumulating {steps} micro-batches" if steps != 1 else ""

@@ -10,17 +10,22 @@ import numpy as np
 import tensorflow as tf
 
 
-def batch_sizes(scaling, local_batch, global_batch, world_size):
-    """(local, global) batch for the scaling mode; raises when strong scaling cannot split."""
+def batch_sizes(scaling, local_batch, global_batch, world_size, accumulate_steps=1):
+    """(local, global) batch for the scaling mode; raises when strong scaling cannot split.
+    `local` is one micro-batch of a rank; `global` the samples of one update, over the ranks and
+    the `accumulate_steps` micro-batches each rank accumulates."""
     if scaling == "weak":
-        return local_batch, local_batch * world_size
+        return local_batch, local_batch * world_size * accumulate_steps
     if scaling == "strong":
         if not global_batch:
             raise ValueError("config key 'train.global_batch' must be set for strong scaling")
-        if global_batch % world_size:
+        parts = world_size * accumulate_steps
+        if global_batch % parts:
+            over = f"{world_size} ranks" + (f" x train.accumulate_steps={accumulate_steps}"
+                                            if accumulate_steps > 1 else "")
             raise ValueError(f"config key 'train.global_batch'={global_batch} does not divide "
-                             f"over {world_size} ranks")
-        return global_batch // world_size, global_batch
+                             f"over {over}")
+        return global_batch // parts, global_batch
     raise ValueError(f"config key 'train.scaling' must be weak or strong, got {scaling!r}")
 
 

@@ -48,9 +48,10 @@ class MLPerfLog:
         """Batch, optimizer and schedule settings of the run's first stage, then the end of
         init."""
         keys = deepcam_keys if self.benchmark == "deepcam" else epoch_schedule_keys
+        accumulation = stage.train["accumulate_steps"]  # global_batch_size includes it
         for key, value in (("seed", self.seed), ("global_batch_size", setup.global_batch),
                            ("train_samples", train_samples), ("eval_samples", eval_samples),
-                           ("gradient_accumulation_frequency", 1),
+                           ("gradient_accumulation_frequency", accumulation),
                            *keys(stage, setup)):
             self.log.event(key=key, value=value)
         self.log.end(key=self.c.INIT_STOP)

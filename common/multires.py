@@ -78,7 +78,7 @@ def transfer_weights(source, target):
 
 # Train settings a compiled step depends on: stages that share them (and the model) share it.
 STEP_KEYS = ("optimizer", "momentum", "weight_decay", "beta_1", "beta_2", "epsilon",
-             "max_grad_norm", "precision", "jit_compile", "steps_per_call")
+             "max_grad_norm", "precision", "jit_compile", "steps_per_call", "accumulate_steps")
 
 
 def same_network(before, after, before_model, after_model):

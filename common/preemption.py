@@ -87,15 +87,21 @@ def epoch_losses(start, losses):
     return before[0] + math.fsum(losses), before[1] + len(losses)
 
 
-def check_mid_epoch_world(state, world, local_batch):
+def check_mid_epoch_world(state, world, local_batch, accumulate_steps=1):
     """A mid-epoch checkpoint resumes only where it was written: the remaining samples of the
-    epoch are this rank count's shards of the epoch's order, taken from the step it stopped at."""
+    epoch are this rank count's shards of the epoch's order, from the update it stopped at."""
     before = state.get("world") or {}
-    if (before.get("size"), before.get("local_batch")) == (world.size, local_batch):
+    then = (before.get("size"), before.get("local_batch"), before.get("accumulate_steps", 1))
+    if then == (world.size, local_batch, accumulate_steps):
         return
     raise ValueError(
         f"checkpoint {state['name']} was written inside epoch {state['epoch'] + 1} (step "
-        f"{state['step']}) on {before.get('size')} rank(s) with local batch "
-        f"{before.get('local_batch')}; it resumes exactly only on the same: resume on "
-        f"{before.get('size')} rank(s) with that local batch (this run has {world.size} with "
-        f"{local_batch})")
+        f"{state['step']}) on {then[0]} rank(s) with {_batch(*then[1:])}; it resumes exactly "
+        f"only on the same: resume on {then[0]} rank(s) with that local batch (this run has "
+        f"{world.size} with {_batch(local_batch, accumulate_steps)})")
+
+
+def _batch(local_batch, accumulate_steps):
+    """'local batch 4', or 'local batch 4 x 2 accumulated' with gradient accumulation."""
+    return f"local batch {local_batch}" + (
+        f" x {accumulate_steps} accumulated" if accumulate_steps != 1 else "")

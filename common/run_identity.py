@@ -1,10 +1,11 @@
 """What a run trains, kept beside its checkpoints, so that --resume and --test continue the same
 run: the resolved config and the commit of every start.
 
-A resume may change what a job chain legitimately changes (epochs, rank count, the path of the
-same data, logging, output, Horovod settings, staging, speed settings, and the learning rate,
-which the non-finite loss message tells users to lower); any other difference (network, data,
-stage plan, optimizer, loss, seed) is refused with the differing keys listed.
+A resume may change what a job chain legitimately changes (epochs, rank count and gradient
+accumulation, the path of the same data, logging, output, Horovod settings, staging, speed
+settings, and the learning rate, which the non-finite loss message tells users to lower); any
+other difference (network, data, stage plan, optimizer, loss, seed) is refused with the differing
+keys listed.
 Each start's config is kept as config-<n>.yaml; config.yaml is the latest.
 """
 import glob
@@ -25,8 +26,9 @@ FREE = {
              "preview_images", "preview_samples"},
     # precision: checkpoints hold float32 weights and the inner optimizer, so they load across
     # precisions (a run may move to bfloat16 on GPUs that have it)
+    # accumulate_steps: like the rank count, it moves the same run onto fewer or more GPUs
     "train": {"epochs", "early_stop", "target", "jit_compile", "steps_per_call", "precision",
-              "stall_timeout_s", "lr"},
+              "stall_timeout_s", "lr", "accumulate_steps"},
     "model": set(),
 }
 

@@ -5,6 +5,7 @@ padding that evens out validation shards), so sums and counts reduce exactly acr
 """
 import tensorflow as tf
 
+from common.accumulation import accumulating
 from common.data import loosened
 from common.faults import fault_point
 
@@ -13,7 +14,8 @@ def weighted_mean(per_sample, weights):
     return tf.reduce_sum(per_sample * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
 
-def make_train_step(model, optimizer, loss_fn, world, jit_compile=False, requests=None):
+def make_train_step(model, optimizer, loss_fn, world, jit_compile=False, requests=None,
+                    accumulate_steps=1):
     """tf.function: forward, Horovod-averaged gradients, update; returns the loss averaged over
     ranks, so every rank sees the same value and a non-finite loss stops all of them together.
     With `requests` (a float32 vector variable, common.preemption) it returns [loss, *requests]
@@ -23,7 +25,9 @@ def make_train_step(model, optimizer, loss_fn, world, jit_compile=False, request
     With a LossScaleOptimizer (mixed_float16) the loss is scaled before the backward pass and the
     gradients are unscaled once, after averaging: every rank then holds the same gradients, so an
     overflow skips the step (and lowers the scale) on every rank alike. With `jit_compile`, XLA
-    compiles forward + backward; Horovod's allreduce and the update stay outside the cluster."""
+    compiles forward + backward; Horovod's allreduce and the update stay outside the cluster.
+    With `accumulate_steps` K > 1 each batch holds K micro-batches whose gradients are summed
+    before the one allreduce and update (common.accumulation)."""
     scaler = optimizer if isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer) \
         else None
 
@@ -39,6 +43,9 @@ def make_train_step(model, optimizer, loss_fn, world, jit_compile=False, request
     if jit_compile:
         loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True,
                                          reduce_retracing=True)
+    if accumulate_steps > 1:
+        loss_and_gradients = accumulating(loss_and_gradients, accumulate_steps,
+                                          model.trainable_variables)
 
     @tf.function(reduce_retracing=True)
     def train_step(x, y, w):

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from common import lr as lr_rules
 from common import watchdog
+from common.accumulation import update_batches
 from common.checkpoint import CheckpointStore
 from common.logs import MetricsLog
 from common.data import common_spec
@@ -55,8 +56,9 @@ class StageSetup:
     local_batch: int
     global_batch: int
     peak_lr: float
-    train_data: object
+    train_data: object          # batches of one update: accumulate x local_batch per rank
     val_data: object
+    accumulate: int = 1         # train.accumulate_steps: micro-batches per update
 
 
 class Trainer:
@@ -161,7 +163,8 @@ class Trainer:
         tf.train.Checkpoint(model=model).read(
             os.path.join(latest["path"], "ckpt")).expect_partial()
         local, _ = lr_rules.batch_sizes(stage.train["scaling"], stage.train["local_batch"],
-                                        stage.train["global_batch"], self.world.size)
+                                        stage.train["global_batch"], self.world.size,
+                                        stage.train["accumulate_steps"])
         data = self.task.make_test_data(stage, local, self.world)
         step = make_eval_step(model, self.task.loss, list(self.task.metrics.values()))
         results = {k.replace("val_", "test_", 1): v
@@ -221,18 +224,21 @@ class Trainer:
     def _setup(self, stage):
         watchdog.progress("reading", stage.index)
         train = stage.train
+        accumulate = train["accumulate_steps"]
         local, global_ = lr_rules.batch_sizes(train["scaling"], train["local_batch"],
-                                              train["global_batch"], self.world.size)
+                                              train["global_batch"], self.world.size, accumulate)
         peak = lr_rules.scaled_lr(train["lr"]["base"], train["lr"]["base_batch"], global_,
                                   train["lr"]["rule"])
         train_data, val_data = self.task.make_datasets(stage, local, self.world,
                                                        self.cfg["seed"] + 1000 * stage.index)
+        train_data = update_batches(train_data, accumulate)  # K micro-batches per update
         self.log.info(
-            f"stage {stage.index} '{stage.name}': {train['scaling']} scaling, local batch {local}, "
+            f"stage {stage.index} '{stage.name}': {train['scaling']} scaling, local batch {local}"
+            f"{f' x {accumulate} accumulated' if accumulate > 1 else ''}, "
             f"global batch {global_} over {self.world.size} ranks, LR {train['lr']['base']:g} -> "
             f"{peak:g} ({train['lr']['rule']} rule), {train_data.num_samples} train / "
             f"{val_data.num_samples} val samples, {train_data.steps_per_epoch} steps/epoch")
-        return StageSetup(local, global_, peak, train_data, val_data)
+        return StageSetup(local, global_, peak, train_data, val_data, accumulate)
 
     def _build_model(self, stage):
         """The app's model for `stage`, its layers computing in the stage's precision."""
@@ -279,13 +285,14 @@ class Trainer:
     def _world_state(self, setup):
         """What a resume on another rank count compares itself with."""
         return {"size": self.world.size, "local_batch": setup.local_batch,
+                "accumulate_steps": setup.accumulate,
                 "global_batch": setup.global_batch, "peak_lr": setup.peak_lr}
 
     def _run_stage(self, stage, setup, previous, state):
         watchdog.progress("building", stage.index)
         inside = state if state is not None and state.get("step") is not None else None
         if inside:
-            check_mid_epoch_world(inside, self.world, setup.local_batch)
+            check_mid_epoch_world(inside, self.world, setup.local_batch, setup.accumulate)
         learner = self._build(stage, setup, previous, state)
         model, optimizer = learner.model, learner.optimizer
         es_cfg = stage.train["early_stop"]
@@ -315,7 +322,8 @@ class Trainer:
                 ).integers(2**31)))
                 learner.runner = StepRunner(
                     make_train_step(model, optimizer, self.task.loss, self.world,
-                                    stage.train["jit_compile"], self.requests.variable),
+                                    stage.train["jit_compile"], self.requests.variable,
+                                    accumulate_steps=setup.accumulate),
                     stage.train["steps_per_call"], learner.train_spec)
             if batches is None:
                 batches = learner.runner.batches(setup.train_data.epochs(

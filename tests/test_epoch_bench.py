@@ -18,7 +18,8 @@ def test_every_setting_is_measured_over_whole_epochs(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:]
     found = {}
     for name in ("trainer (defaults)", "loss read back every step", "mixed_bfloat16",
-                 "XLA (jit_compile)", "8 steps per call", "keras model.fit"):
+                 "XLA (jit_compile)", "8 steps per call", "accumulate_steps 2",
+                 "keras model.fit"):
         match = re.search(LINE.format(name=re.escape(name)), result.stdout)
         assert match, (name, result.stdout[-3000:])
         rate, low, high, ratio, *_, metric = match.groups()

@@ -168,6 +168,7 @@ def test_stages_with_another_max_grad_norm_do_not_share_an_optimizer():
     model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
     stage = lambda norm: types.SimpleNamespace(  # noqa: E731
         model={"width": 1}, train={**TRAIN, "precision": "float32", "jit_compile": False,
-                                   "steps_per_call": 1, "max_grad_norm": norm})
+                                   "steps_per_call": 1, "accumulate_steps": 1,
+                                   "max_grad_norm": norm})
     assert same_network(stage(1.0), stage(1.0), model, model)
     assert not same_network(stage(1.0), stage(None), model, model)
