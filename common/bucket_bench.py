@@ -77,6 +77,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--timeline-steps", type=int, default=12)
+    p.add_argument("--config", help="default: the app's single-stage demo config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -87,7 +88,8 @@ def main(argv=None):
 
     app = load_app(args.app)
     world = init_world()
-    cfg, stage = load_config(app.defaults, DEMO[args.app], args.set)
+    args.config = args.config or DEMO[args.app]
+    cfg, stage = load_config(app.defaults, args.config, args.set)
     task = app.make_task(cfg)
     batch = [tf.constant(a) for a in app.random_batch(
         stage, stage.train["local_batch"], np.random.default_rng(world.rank))]
@@ -112,24 +114,26 @@ def main(argv=None):
                 if world.is_root:
                     overlap[name] = overlap_report(load_events(path))
     if world.is_root:
-        report(args, stage, traced, rates, overlap)
+        model = task.build_model(stage)
+        gradient_mb = sum(v.shape.num_elements() * 4 for v in model.trainable_variables) / 2**20
+        report(args, stage, gradient_mb, traced, rates, overlap)
 
 
-def report(args, stage, traced, rates, overlap):
-    print(f"{args.app} demo step ({DEMO[args.app]}, local batch {stage.train['local_batch']}), "
-          f"2 ranks x 1 thread, {args.steps} steps x {args.repeats} repeats, ms per step "
-          "median [min - max]:")
+def report(args, stage, gradient_mb, traced, rates, overlap):
+    print(f"{args.app} step ({args.config} {' '.join(args.set)}, local batch "
+          f"{stage.train['local_batch']}, gradient {gradient_mb:.2f} MB), 2 ranks x 1 thread, "
+          f"{args.steps} steps x {args.repeats} repeats, ms per step median [min - max]:")
     base = rates["one group"]
     for name, values in rates.items():
         ms = [1e3 / r for r in values]
         mid, low, high = spread(ms)
-        ratio = statistics.median(b / r for b, r in zip(base, values))
-        line = (f"  {name:24s} {mid:8.1f} ms [{low:.1f} - {high:.1f}]  x{ratio:.3f} of one "
-                f"group  trace {traced[name]:.1f} s")
+        ratio = statistics.median(b / r for b, r in zip(base, values))  # time / one group's
+        line = (f"  {name:24s} {mid:8.1f} ms [{low:.1f} - {high:.1f}]  time x{ratio:.3f} of "
+                f"one group's  trace {traced[name]:.1f} s")
         if name in overlap:
             o = overlap[name]
-            line += (f"  {len(o['buckets'])} bucket(s), overlappable {o['overlappable_fraction']:.3f}"
-                     f", hidden {o['hidden_fraction']:.3f}")
+            line += (f"  {len(o['buckets'])} bucket(s), overlappable "
+                     f"{o['overlappable_fraction']:.3f}, hidden {o['hidden_fraction']:.3f}")
         print(line, flush=True)
 
 

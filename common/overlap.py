@@ -64,6 +64,9 @@ def bucket_steps(events):
     if not per_bucket:
         raise ValueError(f"no '{BUCKET_NAME}*' allreduce in the timeline: was it written by a "
                          "training run on more than one rank?")
+    for b, tensors in per_bucket.items():  # Horovod may log a group's negotiation once
+        most = max(len(en) for en, _ in tensors)
+        per_bucket[b] = [(en, re_) for en, re_ in tensors if len(en) == most]
     steps = min(min(len(en), len(re_)) for tensors in per_bucket.values()
                 for en, re_ in tensors)
     return [[(min(en[k] for en, _ in per_bucket[b]),

@@ -141,7 +141,7 @@ def test_scaling_model_says_which_overlap_fraction_it_used():
 
 
 def test_two_ranks_start_buckets_during_the_backward_pass_and_match_one_group(tmp_path):
-    result = run_ranks(2, [DRIVER, tmp_path, "0.01"], timeout=300)
+    result = run_ranks(2, [DRIVER, tmp_path, "0.2"], timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
     info = json.loads((tmp_path / "evidence.json").read_text())
     n = info["weights"]
@@ -164,7 +164,7 @@ def test_two_ranks_start_buckets_during_the_backward_pass_and_match_one_group(tm
 
     # Op-level evidence: the first bucket reaches Horovod before any rank has computed its last
     # gradient (tf.timestamp after every gradient); one group only after, the control.
-    for mb, before in (("0.01", True), ("0", False)):
+    for mb, before in (("0.2", True), ("0", False)):
         events = load_events(tmp_path / f"evidence-{mb}.json")
         origin = start_epoch_us(events)
         steps = bucket_steps(events)
