@@ -1,7 +1,7 @@
 """Gradient averaging variants timed on the app's demo-size training step, on every rank of an
 mpiexec run (one thread per rank, each rank its own in-memory batch):
 
-    mpiexec -n 2 python -m common.bucket_bench APP [--bucket-mb 1 4] [--steps 20] [--repeats 5]
+    mpiexec -n 2 python -m common.bucket_bench APP [--bucket-mb 0.25 1] [--steps 20] [--repeats 5]
 
 - one group: every gradient in one grouped allreduce after the backward pass, the loss in it
   (horovod.bucket_mb 0);
@@ -73,7 +73,7 @@ def variants(task, stage, world, bucket_mbs):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("app", choices=sorted(DEMO))
-    p.add_argument("--bucket-mb", type=float, nargs="+", default=[1.0, 4.0])
+    p.add_argument("--bucket-mb", type=float, nargs="+", default=[0.25, 1.0])
     p.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--timeline-steps", type=int, default=12)
