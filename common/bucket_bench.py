@@ -12,15 +12,13 @@ mpiexec run (one thread per rank, each rank its own in-memory batch):
   Horovod's cycle), the loss apart, as the MLPerf reference trains.
 
 Variants alternate within every repeat, so a noisy neighbour slows them alike; rank 0 prints
-each one's trace time, ms per step (median [min - max] over repeats) and, from a Horovod
-timeline of a few more steps, the overlappable fraction of the step (common.overlap).
+each one's trace time and ms per step (median [min - max] over repeats). How far the buckets
+overlap the backward pass: a training run's Horovod timeline, read by common/overlap.py.
 """
 import argparse
 import dataclasses
-import os
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -76,14 +74,12 @@ def main(argv=None):
     p.add_argument("--bucket-mb", type=float, nargs="+", default=[0.25, 1.0])
     p.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--timeline-steps", type=int, default=12)
     p.add_argument("--config", help="default: the app's single-stage demo config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from common.distributed import init_world
-    from common.overlap import overlap_report, load_events
     from common.scaling import load_app
 
     app = load_app(args.app)
@@ -102,24 +98,13 @@ def main(argv=None):
     fns = {name: (lambda n, step=step: [float(step(*batch)) for _ in range(n)], 1)
            for name, step in steps.items()}
     rates = measure(fns, args.steps, args.repeats)
-    overlap = {}
-    with tempfile.TemporaryDirectory() as work:
-        for name, step in steps.items():
-            if name.startswith("buckets") or name == "one group":
-                path = world.broadcast_object(os.path.join(work, "timeline.json"))
-                world.hvd.start_timeline(path)
-                for _ in range(args.timeline_steps):
-                    float(step(*batch))
-                world.hvd.stop_timeline()
-                if world.is_root:
-                    overlap[name] = overlap_report(load_events(path))
     if world.is_root:
         model = task.build_model(stage)
         gradient_mb = sum(v.shape.num_elements() * 4 for v in model.trainable_variables) / 2**20
-        report(args, stage, gradient_mb, traced, rates, overlap)
+        report(args, stage, gradient_mb, traced, rates)
 
 
-def report(args, stage, gradient_mb, traced, rates, overlap):
+def report(args, stage, gradient_mb, traced, rates):
     print(f"{args.app} step ({args.config} {' '.join(args.set)}, local batch "
           f"{stage.train['local_batch']}, gradient {gradient_mb:.2f} MB), 2 ranks x 1 thread, "
           f"{args.steps} steps x {args.repeats} repeats, ms per step median [min - max]:")
@@ -130,10 +115,6 @@ def report(args, stage, gradient_mb, traced, rates, overlap):
         ratio = statistics.median(b / r for b, r in zip(base, values))  # time / one group's
         line = (f"  {name:24s} {mid:8.1f} ms [{low:.1f} - {high:.1f}]  time x{ratio:.3f} of "
                 f"one group's  trace {traced[name]:.1f} s")
-        if name in overlap:
-            o = overlap[name]
-            line += (f"  {len(o['buckets'])} bucket(s), overlappable "
-                     f"{o['overlappable_fraction']:.3f}, hidden {o['hidden_fraction']:.3f}")
         print(line, flush=True)
 
 

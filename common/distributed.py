@@ -75,7 +75,7 @@ class World:
         """(mean of each gradient over ranks, mean of `riders`): gradients in grouped allreduces
         of about `bucket_mb` MB each, last layers first, that start while the backward pass still
         runs (common.grad_buckets); `riders`, a float32 vector (the step's loss and stop
-        requests), in the first of them. A world of one adds no ops. Horovod's
+        requests), in the last of them. A world of one adds no ops. Horovod's
         DistributedGradientTape builds one allreduce per variable: on the DeepLabv3+ step that
         made tracing ~1.5x slower and each step ~15% slower than one group."""
         if not self.parallel:

@@ -8,7 +8,10 @@ enqueues it to Horovod while the earlier layers' gradients are still being compu
 (`bucket_bytes` 0) waits for the last gradient: no overlap, but one op and one message.
 
 Small float32 vectors that the step must also average (its loss and the ranks' stop requests)
-ride in the first bucket, so a step needs no collective of its own for them.
+ride in the last bucket, so a step needs no collective of its own for them. The last bucket waits
+for the whole backward pass anyway; in the first one they held it back to the end of the
+backward pass on 2 ranks here (the Horovod timeline showed it), as the scheduler ran their few
+ops late.
 """
 import tensorflow as tf
 
@@ -42,15 +45,17 @@ def average_in_buckets(hvd, grads, bucket_bytes, compression=None, riders=None):
     tensors = [tf.convert_to_tensor(grads[i]) for i in present]
     sizes = [t.shape.num_elements() * t.dtype.size for t in tensors]
     averaged = list(grads)
-    extra = [] if riders is None else [riders]
-    for n, bucket in enumerate(plan_buckets(sizes, bucket_bytes) or [[]]):
+    buckets = plan_buckets(sizes, bucket_bytes) or [[]]
+    for n, bucket in enumerate(buckets):
         compressed, contexts = zip(*[compression.compress(tensors[j]) for j in bucket]) \
             if bucket else ((), ())
-        outputs = _grouped_by_dtype(hvd, list(compressed) + extra, f"{BUCKET_NAME}{n}")
+        last = n == len(buckets) - 1 and riders is not None
+        outputs = _grouped_by_dtype(hvd, list(compressed) + ([riders] if last else []),
+                                    f"{BUCKET_NAME}{n}")
         for j, out, ctx in zip(bucket, outputs, contexts):
             averaged[present[j]] = compression.decompress(out, ctx)
-        if extra:
-            riders, extra = outputs[-1], []
+        if last:
+            riders = outputs[-1]
     return averaged, riders
 
 

@@ -6,8 +6,8 @@
 Every gradient bucket (common.grad_buckets) is one named grouped allreduce; Horovod writes when
 rank 0 enqueued it (the start of its NEGOTIATE_ALLREDUCE) and when its ALLREDUCE ran. The last
 bucket holds the first layers' gradients, the last ones the backward pass computes: its enqueue
-marks the end of the backward pass. Per step, the window from the first bucket's enqueue to the
-last one's is the time communication can run behind the backward pass; as a fraction of the
+marks the end of the backward pass. Per step, the window from the earliest enqueue to the last
+bucket's is the time communication can run behind the backward pass; as a fraction of the
 step (from one step's first enqueue to the next's) it is the overlappable fraction that the
 scaling model (common/scaling_model.py) takes. Analyse a run of one stage: steps are matched by
 the order of each bucket's allreduces.
@@ -19,7 +19,7 @@ import statistics
 
 from common.grad_buckets import BUCKET_NAME
 
-_BUCKET = re.compile(re.escape(BUCKET_NAME) + r"(\d+)")
+_BUCKET = re.compile(r"^(.*?)" + re.escape(BUCKET_NAME) + r"(\d+)_")  # scope, bucket
 
 
 def load_events(path):
@@ -50,20 +50,24 @@ def tensor_spans(events):
     return spans
 
 
-def bucket_steps(events):
+def bucket_steps(events, scope=""):
     """[[(enqueue us, allreduce start us, allreduce end us) per bucket] per step] of the
-    gradient buckets; each tensor's k-th allreduce belongs to step k."""
-    per_bucket = {}
+    gradient buckets under name scope `scope` (the training step's: none); each tensor's k-th
+    allreduce belongs to step k."""
+    per_bucket, scopes = {}, set()
     for name, spans in tensor_spans(events).items():
-        match = _BUCKET.search(name)
-        if not match:
+        match = _BUCKET.match(name)
+        if match:
+            scopes.add(match.group(1))
+        if not match or match.group(1) != scope:
             continue
         enqueued = [s for phase, s, _ in spans if phase.startswith("NEGOTIATE")]
         reduced = [(s, e) for phase, s, e in spans if phase == "ALLREDUCE"]
-        per_bucket.setdefault(int(match.group(1)), []).append((enqueued, reduced))
+        per_bucket.setdefault(int(match.group(2)), []).append((enqueued, reduced))
     if not per_bucket:
-        raise ValueError(f"no '{BUCKET_NAME}*' allreduce in the timeline: was it written by a "
-                         "training run on more than one rank?")
+        raise ValueError(f"no '{scope}{BUCKET_NAME}*' allreduce in the timeline (scopes found: "
+                         f"{sorted(scopes)}): was it written by a training run on more than "
+                         "one rank?")
     for b, tensors in per_bucket.items():  # Horovod may log a group's negotiation once
         most = max(len(en) for en, _ in tensors)
         per_bucket[b] = [(en, re_) for en, re_ in tensors if len(en) == most]
@@ -75,25 +79,32 @@ def bucket_steps(events):
             for k in range(steps)]
 
 
-def overlap_report(events, skip=2):
+def _first(step):
+    """The earliest enqueue of a step's buckets: TensorFlow's executor may hold a ready bucket
+    back behind the backward pass (seen for bucket 0 on one inter-op thread), so it is not
+    always bucket 0's."""
+    return min(bucket[0] for bucket in step)
+
+
+def overlap_report(events, skip=2, scope=""):
     """Medians over the steps after the first `skip` (tracing, Horovod's cache warming up):
-    per bucket its enqueue after the first bucket's and before the backward pass ended (the
-    last bucket's enqueue), its allreduce time and how much of it ran before that end; the step
+    per bucket its enqueue after the step's first enqueue and before the backward pass ended
+    (the last bucket's enqueue), its allreduce time and how much of it ran before that end; the step
     time and the overlappable fraction of the step."""
-    steps = bucket_steps(events)
+    steps = bucket_steps(events, scope)
     if len(steps) < skip + 2:
         raise ValueError(f"{len(steps)} steps in the timeline: need at least {skip + 2}")
     used = steps[skip:]
-    periods = [b[0][0] - a[0][0] for a, b in zip(used, used[1:])]
+    periods = [_first(b) - _first(a) for a, b in zip(used, used[1:])]
     period = statistics.median(periods)
     used = used[:-1]  # the step each period follows
     buckets = []
     for b in range(len(used[0])):
-        rows = [(step[b][0] - step[0][0], step[-1][0] - step[b][0], step[b][2] - step[b][1],
+        rows = [(step[b][0] - _first(step), step[-1][0] - step[b][0], step[b][2] - step[b][1],
                  max(0, min(step[b][2], step[-1][0]) - step[b][1])) for step in used]
         buckets.append({key: statistics.median(r[i] for r in rows) / 1e3 for i, key in enumerate(
             ("enqueued_ms", "ahead_of_backward_end_ms", "allreduce_ms", "hidden_ms"))})
-    windows = [step[-1][0] - step[0][0] for step in used]
+    windows = [step[-1][0] - _first(step) for step in used]
     return {"steps": len(used), "step_ms": period / 1e3, "buckets": buckets,
             "window_ms": statistics.median(windows) / 1e3,
             "overlappable_fraction": statistics.median(w / period for w in windows),
@@ -118,9 +129,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("timeline", nargs="+", help="timeline JSON file(s) of training runs")
     p.add_argument("--skip", type=int, default=2, help="first steps left out")
+    p.add_argument("--scope", default="", help="name scope of the buckets (default: none)")
     args = p.parse_args(argv)
     for path in args.timeline:
-        print_report(path, overlap_report(load_events(path), args.skip))
+        print_report(path, overlap_report(load_events(path), args.skip, args.scope))
 
 
 if __name__ == "__main__":

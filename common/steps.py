@@ -17,7 +17,7 @@ def make_train_step(model, optimizer, loss_fn, world, jit_compile=False, request
     """tf.function: forward, Horovod-averaged gradients, update; returns the loss averaged over
     ranks, so every rank sees the same value and a non-finite loss stops all of them together.
     With `requests` (a float32 vector variable, common.preemption) it returns [loss, *requests].
-    Both ride in the gradients' first allreduce bucket: one collective per step, and the ranks
+    Both ride in the gradients' last allreduce bucket: one collective per step, and the ranks
     learn of each other's stop requests at no extra cost.
 
     With a LossScaleOptimizer (mixed_float16) the loss is scaled before the backward pass and the

@@ -5,11 +5,11 @@
 1. The Trainer's step (common.steps.make_train_step, stop requests included) with gradients in
    buckets of BUCKET_MB and in one group, from the same weights on the same batches: each
    rank's final weights and returned [loss, *requests] to OUT_DIR/results-rank<r>.npz; rank 0
-   records a Horovod timeline of the bucketed steps (OUT_DIR/train-timeline.json).
+   records a Horovod timeline (OUT_DIR/timeline.json) from the bucketed steps on.
 2. Evidence of the overlap from the ops themselves: a step that takes tf.timestamp() once every
    gradient of the backward pass exists, then averages them as the Trainer does, with buckets
-   and with one group, each under its own timeline (OUT_DIR/evidence-<mb>.json); every rank's
-   timestamps go to OUT_DIR/evidence.json.
+   and with one group (name scopes evidence<BUCKET_MB> and evidence0 in the timeline); every
+   rank's timestamps go to OUT_DIR/evidence.json.
 """
 import dataclasses
 import json
@@ -29,8 +29,9 @@ out, bucket_mb = sys.argv[1], float(sys.argv[2])
 # last bucket comes tens of ms after the first, well apart from the ranks' jitter.
 MODEL = {"name": "mlperf", "head": "flatten", "width_scale": 0.5, "dropout": 0.0,
          "kernel_size": 3}
-SHAPE, STEPS = (32, 32, 32, 4), 6
+SHAPE, STEPS = (32, 32, 32, 4), 4
 
+os.environ["HOROVOD_TIMELINE"] = "DYNAMIC"  # timelines started and stopped here
 world = init_world()
 rng = np.random.default_rng(world.rank)  # each rank its own batches
 batches = [(tf.constant(rng.normal(size=(2, *SHAPE)).astype(np.float32)),
@@ -38,7 +39,7 @@ batches = [(tf.constant(rng.normal(size=(2, *SHAPE)).astype(np.float32)),
            for _ in range(STEPS)]
 
 
-def trained(mb, timeline=None):
+def trained(mb, record=False):
     tf.keras.utils.set_random_seed(7)
     model = build_model(MODEL, SHAPE)
     requests = tf.Variable([0.0, float(world.rank), 0.0, 0.0])  # rank 1 asks: mean 0.5
@@ -46,15 +47,13 @@ def trained(mb, timeline=None):
                            dataclasses.replace(world, bucket_mb=mb),
                            requests=requests)
     step(*batches[0])  # traced before the timeline starts
-    if timeline:
-        world.hvd.start_timeline(timeline)
+    if record:  # Horovod restarts no timeline it stopped: one recording for the rest of the run
+        world.hvd.start_timeline(os.path.join(out, "timeline.json"))
     returned = [step(*batch).numpy() for batch in batches]
-    if timeline:
-        world.hvd.stop_timeline()
     return model.get_weights(), np.array(returned)
 
 
-def evidence_times(mb, timeline):
+def evidence_times(mb):
     tf.keras.utils.set_random_seed(7)
     model = build_model(MODEL, SHAPE)
     bucketed = dataclasses.replace(world, bucket_mb=mb)
@@ -62,27 +61,25 @@ def evidence_times(mb, timeline):
     @tf.function
     def step(x, y, w):
         with tf.GradientTape() as tape:
-            loss = weighted_mean(mse(y, model(x, training=True)), w)
+            loss = tf.reshape(weighted_mean(mse(y, model(x, training=True)), w), [1])
         grads = tape.gradient(loss, model.trainable_variables)
         with tf.control_dependencies(grads):
             last_gradient = tf.timestamp()
-        averaged, riders = bucketed.average_gradients(grads, tf.reshape(loss, [1]))
-        with tf.control_dependencies(averaged + [riders]):
-            return tf.identity(last_gradient)
+        with tf.name_scope(f"evidence{mb:g}"):
+            averaged, riders = bucketed.average_gradients(grads, loss)
+        # data, not control, dependencies: Grappler prunes pure ops whose outputs go unused
+        return last_gradient, tf.add_n([tf.reduce_sum(g) for g in averaged]) + riders[0]
 
     step(*batches[0])
-    world.hvd.start_timeline(timeline)
-    times = [float(step(*batch)) for batch in batches]
-    world.hvd.stop_timeline()
-    return times
+    return [float(step(*batch)[0]) for batch in batches]
 
 
 single_weights, single_returned = trained(0.0)
-bucket_weights, bucket_returned = trained(bucket_mb, os.path.join(out, "train-timeline.json"))
+bucket_weights, bucket_returned = trained(bucket_mb, record=True)
 np.savez(os.path.join(out, f"results-rank{world.rank}.npz"), *single_weights, *bucket_weights,
          single_returned=single_returned, bucket_returned=bucket_returned)
-times = {f"{mb:g}": world.allgather_object(evidence_times(
-    mb, os.path.join(out, f"evidence-{mb:g}.json"))) for mb in (bucket_mb, 0.0)}
+times = {f"{mb:g}": world.allgather_object(evidence_times(mb)) for mb in (bucket_mb, 0.0)}
+world.hvd.stop_timeline()
 if world.is_root:
     with open(os.path.join(out, "evidence.json"), "w") as f:
         json.dump({"times": times, "weights": len(single_weights)}, f)
