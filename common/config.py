@@ -59,6 +59,12 @@ class Range:
 
 STAGE_KEYS = ("name", "data", "model", "train")
 
+# 4 MB: the demo networks' gradients (1.4 MB CosmoFlow, 1.2 MB DeepCAM) fit one bucket, so the
+# CPU demo keeps one grouped allreduce; the full-size ones get 3 (CosmoFlow: its 16 MB dense
+# head first), 33 (DeepCAM) and 17 (EDSR) buckets to start during the backward pass. README,
+# "Gradient buckets", has the 2-rank measurements.
+BUCKET_MB_DEFAULT = 4.0
+
 COMMON_DEFAULTS = {
     "seed": Range(0, low=0),
     # TensorFlow's deterministic kernels: a seed then fixes the whole run, bit for bit, on the
@@ -156,6 +162,10 @@ COMMON_DEFAULTS = {
         "fusion_threshold_mb": Range(None, low=0.0, kind=float),  # HOROVOD_FUSION_THRESHOLD
         "cycle_time_ms": Range(None, low=0.0, open_low=True, kind=float),  # HOROVOD_CYCLE_TIME
         "timeline": "",  # Chrome-trace file of Horovod's collectives (under output_dir); "": off
+        # Gradients averaged in grouped allreduces of about this many MB each, last layers first,
+        # each started as soon as its gradients exist, behind the rest of the backward pass
+        # (common/grad_buckets.py); 0: one group after the whole backward pass.
+        "bucket_mb": Range(BUCKET_MB_DEFAULT, low=0.0),
     },
     "stages": [],
 }

@@ -3,11 +3,12 @@
 SLURM and LSF warn a job before ending it (`sbatch --signal=B:USR1@180`, `bsub -wa USR1 -wt 3`,
 SIGTERM then a grace period on preemption). The handlers installed here only note the signal: a
 handler that raised (Python's KeyboardInterrupt) or wrote files could strike inside a collective
-or in the middle of a checkpoint write. Each training step carries this rank's requests in its
-loss allreduce (common.steps.make_train_step), so every rank reads the same combined requests at
-the same steps and stops, or checkpoints, together: never a rank-local decision before a
-collective. Rank 0's clock asks for the periodic checkpoints (log.checkpoint_every_minutes) the
-same way, so the other ranks join the collective that averages the batch-norm statistics.
+or in the middle of a checkpoint write. Each training step carries this rank's requests with
+its loss in its gradient allreduce (common.steps.make_train_step), so every rank reads the same
+combined requests at the same steps and stops, or checkpoints, together: never a rank-local
+decision before a collective. Rank 0's clock asks for the periodic checkpoints
+(log.checkpoint_every_minutes) the same way, so the other ranks join the collective that averages
+the batch-norm statistics.
 """
 import math
 import signal
@@ -39,7 +40,7 @@ class StopRequests:
         self.received = np.zeros(len(SIGNALS) + 1, np.float32)
         self.last_save = time.monotonic()
         # What the training step reduces; assigned only when a request changes, so the step
-        # pays one small variable read and a few more floats in the loss allreduce.
+        # pays one small variable read and a few more floats in its gradient allreduce.
         self.variable = tf.Variable(self.received, trainable=False, name="stop_requests")
         self._sent = self.received.copy()
         self._previous = {}

@@ -35,6 +35,9 @@ class ScalingApp:
     random_batch: Callable       # (stage, local_batch, numpy Generator) -> (x, y, w) arrays
     modest: list = field(default_factory=list)  # KEY=VALUE: a size a CPU measures in minutes
     local_batch: int = 4         # measured local batch (the full-size one is the config's)
+    # (fraction, source): the step's fraction that gradient averaging overlaps, measured
+    # (common/overlap.py); None: the scaling model assumes the backward pass's FLOPs share
+    overlap: tuple = None
 
 
 def load_app(name):
@@ -175,8 +178,8 @@ def child(argv):
     from common.distributed import World, init_world
 
     app = load_app(args.app)
-    world = init_world()
     cfg, stage = load_config(app.defaults, app.config, app.modest + args.set)
+    world = init_world(cfg["horovod"])  # the gradient buckets as configured
     task = app.make_task(cfg)
     rng = np.random.default_rng(world.rank)  # each rank its own data, as sharded training
     fns = {}
@@ -211,7 +214,7 @@ def time_allreduce(world, model, repeats):
     World.average_gradients call of a training step), per repeat, after one untimed call."""
     import tensorflow as tf
     buffers = [tf.ones(v.shape, v.dtype) for v in model.trainable_variables]
-    reduce = tf.function(lambda: world.average_gradients(buffers))
+    reduce = tf.function(lambda: world.average_gradients(buffers)[0])
     seconds = []
     for i in range(repeats + 1):
         world.allreduce_sum([0.0])  # start together: the time is the collective's, not a wait

@@ -10,10 +10,13 @@ a local batch and a node count.
   element-wise ops, normalisation and pooling are left out: they are memory-bound, which the
   utilisation factor absorbs), divided by the device's peak times a stated utilisation.
 - Allreduce: a flat ring, t = 2(p-1)/p * bytes / bandwidth + 2(p-1) * latency.
-- Efficiency t_c / (t_c + exposed communication): without overlap everything is exposed (this
-  code's one grouped allreduce after the backward pass); with overlap the allreduce hides behind
-  the backward pass (per-tensor allreduces started as gradients appear) and only its excess over
-  the backward time is exposed.
+- Efficiency t_c / (t_c + exposed communication): without overlap everything is exposed (one
+  grouped allreduce after the backward pass, horovod.bucket_mb 0); with overlap the allreduce
+  hides behind an overlappable fraction of the step and only its excess is exposed. That
+  fraction is the app's measured one (ScalingApp.overlap: from a Horovod timeline of gradient
+  buckets started during the backward pass, common/overlap.py), --overlap-fraction, or else the
+  backward pass's share of the step's FLOPs (about 2/3, what per-tensor allreduces started the
+  moment each gradient appears could reach); the output says which.
 """
 import argparse
 import math
@@ -134,7 +137,24 @@ def parse_args(argv):
     p.add_argument("--latency-us", type=float, default=5.0, help="per ring step")
     p.add_argument("--gradient-bytes", type=int, default=4, help="per value (2: fp16)")
     p.add_argument("--gpus", type=int, nargs="+", default=[4, 64, 1024])
-    return p.parse_args(argv)
+    p.add_argument("--overlap-fraction", type=float,
+                   help="of the step that communication can hide behind (default: the app's "
+                        "measured one, else the backward pass's FLOPs share)")
+    args = p.parse_args(argv)
+    if args.overlap_fraction is not None and not 0 <= args.overlap_fraction <= 1:
+        p.error(f"--overlap-fraction {args.overlap_fraction:g}: must be within [0, 1]")
+    return args
+
+
+def overlap_fraction(measured, given, forward, backward):
+    """(fraction of the step communication can hide behind, where it comes from): the command
+    line's, else the app's measured one ((fraction, source) or None), else the FLOPs share."""
+    if given is not None:
+        return given, "given (--overlap-fraction)"
+    if measured is not None:
+        return measured[0], f"measured: {measured[1]}"
+    return backward / (forward + backward), \
+        "assumed: the backward pass's FLOPs share (no measurement for this app)"
 
 
 def predict(app, args):
@@ -152,20 +172,20 @@ def predict(app, args):
     peak = (args.peak_tflops or peak) * 1e12
     compute = (forward + backward) / (peak * args.utilisation)
     nbytes = trainable * args.gradient_bytes
+    fraction, source = overlap_fraction(spec.overlap, args.overlap_fraction, forward, backward)
     rows = []
     for gpus in args.gpus:
         comm = ring_allreduce_seconds(nbytes, gpus, args.link_gbs * 1e9, args.latency_us * 1e-6)
         per_sample = compute / batch
         rows.append({"gpus": gpus, "allreduce_s": comm,
                      "efficiency": efficiency(compute, comm),
-                     "efficiency_overlap": efficiency(compute, comm, compute * backward /
-                                                      (forward + backward)),
+                     "efficiency_overlap": efficiency(compute, comm, compute * fraction),
                      # smallest local batch at 90% without overlap: t_c >= 9 t_comm
                      "batch_for_90": math.ceil(9 * comm / per_sample) if comm else 1})
     return {"model": model.name, "input": x.shape[1:], "params": params, "trainable": trainable,
             "gradient_bytes": nbytes, "local_batch": batch, "forward_flops": forward,
             "backward_flops": backward, "compute_s": compute, "device": device, "peak": peak,
-            "rows": rows}
+            "overlap_fraction": fraction, "overlap_source": source, "rows": rows}
 
 
 def main(app, argv=None):
@@ -182,6 +202,7 @@ def main(app, argv=None):
           f"{r['peak'] / 1e12:g} TFLOP/s x {args.utilisation:g} utilisation")
     print(f"  ring allreduce at {args.link_gbs:g} GB/s per GPU and {args.latency_us:g} us per "
           "step:")
+    print(f"  overlap: {r['overlap_fraction']:.3f} of the step, {r['overlap_source']}")
     print(f"  {'GPUs':>6s} {'allreduce ms':>13s} {'efficiency':>11s} {'with overlap':>13s} "
           f"{'local batch for 0.9':>20s}")
     for row in r["rows"]:

@@ -18,9 +18,9 @@ def make_train_step(model, optimizer, loss_fn, world, jit_compile=False, request
                     accumulate_steps=1):
     """tf.function: forward, Horovod-averaged gradients, update; returns the loss averaged over
     ranks, so every rank sees the same value and a non-finite loss stops all of them together.
-    With `requests` (a float32 vector variable, common.preemption) it returns [loss, *requests]
-    averaged in the same allreduce: the ranks learn of each other's stop requests at no extra
-    collective.
+    With `requests` (a float32 vector variable, common.preemption) it returns [loss, *requests].
+    Both ride in the gradients' last allreduce bucket: one collective per step, and the ranks
+    learn of each other's stop requests at no extra cost.
 
     With a LossScaleOptimizer (mixed_float16) the loss is scaled before the backward pass and the
     gradients are unscaled once, after averaging: every rank then holds the same gradients, so an
@@ -50,13 +50,13 @@ def make_train_step(model, optimizer, loss_fn, world, jit_compile=False, request
     @tf.function(reduce_retracing=True)
     def train_step(x, y, w):
         loss, grads = loss_and_gradients(x, y, w)
-        grads = world.average_gradients(grads)
+        riders = tf.reshape(loss, [1]) if requests is None else \
+            tf.concat([tf.reshape(loss, [1]), requests], 0)
+        grads, riders = world.average_gradients(grads, riders)
         if scaler is not None:
             grads = scaler.get_unscaled_gradients(grads)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        if requests is None:
-            return world.allreduce_mean_tensor(loss)
-        return world.allreduce_mean_tensor(tf.concat([tf.reshape(loss, [1]), requests], 0))
+        return riders[0] if requests is None else riders
 
     return train_step
 
