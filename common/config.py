@@ -125,6 +125,10 @@ COMMON_DEFAULTS = {
         # the same shape) restarts its optimizer state unless true: then it keeps Adam's moments
         # and step count, which can be scaled wrongly for gradients at another resolution.
         "carry_optimizer": False,
+        # An earlier stage's local (and global) batch becomes the last stage's times the ratio
+        # of their pixels per sample (4x for 2D at half resolution, 8x for 3D): the same pixels,
+        # so about the same memory, per step; the LR follows lr.rule for that batch.
+        "memory_equivalent_batch": False,
         # A rank without progress (a step, a read, a validation, a checkpoint) for this long
         # stops the job, naming where each rank stood; Horovod's stall shutdown follows it.
         # Read from the base train section. 0: off.

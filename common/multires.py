@@ -38,6 +38,44 @@ def plan_stages(cfg):
     return stages
 
 
+def memory_equivalent_batches(stages, sample_pixels):
+    """Give each stage with train.memory_equivalent_batch the last stage's local (and global)
+    batch times the last stage's pixels per sample over its own: a step then holds the same
+    pixels, so about the same activation memory (the seed's DeepCAM: 384x576 at batch 8, then
+    768x1152 at 2). Its LR follows train.lr.rule for that batch, like any stage's. Changes the
+    stages in place; returns one log line per changed stage."""
+    last, lines = stages[-1], []
+    for stage in stages:
+        if not stage.train["memory_equivalent_batch"] or stage is last:
+            continue
+        if sample_pixels is None:
+            raise ValueError(f"stage '{stage.name}': train.memory_equivalent_batch needs the "
+                             "app to say how many pixels a sample holds, and this app does not")
+        ratio = sample_pixels(last) / sample_pixels(stage)
+        factor = round(ratio)
+        if factor < 1 or abs(ratio - factor) > 1e-6 * ratio:
+            raise ValueError(f"stage '{stage.name}': train.memory_equivalent_batch needs a whole "
+                             f"number of its samples per last-stage sample, got {ratio:g} "
+                             f"({sample_pixels(last)} / {sample_pixels(stage)} pixels)")
+        stage.train["local_batch"] = last.train["local_batch"] * factor
+        if last.train["global_batch"]:
+            stage.train["global_batch"] = last.train["global_batch"] * factor
+        lines.append(f"stage '{stage.name}': a sample holds 1/{factor} of the pixels of a "
+                     f"stage '{last.name}' one, so {factor}x its batch: local batch "
+                     f"{stage.train['local_batch']} (train.memory_equivalent_batch)")
+    return lines
+
+
+def early_stop_value(record, metric):
+    """The epoch's value of train.early_stop.metric; a final_val_* metric is missing when the
+    probe turned itself off (a weight that cannot carry over), which is said here."""
+    if metric not in record:
+        raise ValueError(f"config key 'train.early_stop.metric': {metric!r} was not measured "
+                         "this epoch (final_val_* needs log.final_val and a model whose every "
+                         "weight carries over to the last stage; see the log)")
+    return record[metric]
+
+
 @dataclass
 class TransferReport:
     carried: list = field(default_factory=list)

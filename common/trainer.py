@@ -20,7 +20,8 @@ from common.data import common_spec
 from common.faults import fault_point
 from common.learner import (Learner, continue_schedule, continuing_stages, schedule_args, switch,
                             world_change)
-from common.multires import (EarlyStopping, FinalStageProbe, describe_target, plan_stages,
+from common.multires import (EarlyStopping, FinalStageProbe, describe_target, early_stop_value,
+                             memory_equivalent_batches, plan_stages,
                              reached, transfer_weights)
 from common.optimizers import make_optimizer, with_loss_scaling
 from common.preemption import (Preempted, StopRequests, check_mid_epoch_world, epoch_losses,
@@ -49,6 +50,7 @@ class Task:
     on_validation: Optional[Callable] = None
     maximize: tuple = ()       # metric names where higher is better (IoU, PSNR); others: lower
     make_test_data: Optional[Callable] = None  # (stage, local_batch, world) -> ShardedDataset
+    sample_pixels: Optional[Callable] = None  # (stage) -> pixels (voxels) of a training sample
 
 
 @dataclass
@@ -66,6 +68,8 @@ class Trainer:
         self.cfg, self.task, self.world, self.log = cfg, task, world, logger
         self.out = cfg["output_dir"]
         self.stages = plan_stages(cfg)
+        for line in memory_equivalent_batches(self.stages, task.sample_pixels):
+            logger.info(line)
         self.store = CheckpointStore(os.path.join(self.out, "checkpoints"),
                                      cfg["log"]["checkpoint_keep"])
         fmt = cfg["log"]["metrics_format"]
@@ -82,12 +86,14 @@ class Trainer:
 
     def _check_metric_names(self):
         known = ["train_loss", "val_loss"] + [f"val_{name}" for name in self.task.metrics]
+        # early stop may also watch a coarse stage's full-resolution score (log.final_val)
+        probed = known + ([f"final_{name}" for name in known[1:]] if self._probing() else [])
         for stage in self.stages:
-            for section in ("early_stop", "target"):
+            for section, choices in (("early_stop", probed), ("target", known)):
                 metric = stage.train[section]["metric"]
-                if metric not in known:
+                if metric not in choices:
                     raise ValueError(f"config key 'train.{section}.metric': unknown metric "
-                                     f"{metric!r} (choose from {', '.join(known)})")
+                                     f"{metric!r} (choose from {', '.join(choices)})")
 
     def _check_compilation(self):
         """XLA's CPU compiler (TensorFlow 2.15) rejects mixed-precision convolution gradients
@@ -189,10 +195,13 @@ class Trainer:
         with open(os.path.join(self.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
 
+    def _probing(self):
+        return self.cfg["log"]["final_val"] and len(self.stages) > 1
+
     def _final_stage_probe(self, last_setup):
         """With log.final_val, earlier stages are also scored on the last stage's validation
         data, so every epoch of a multi-resolution run has a full-resolution metric."""
-        if not self.cfg["log"]["final_val"] or len(self.stages) < 2:
+        if not self._probing():
             return None
         last = self.stages[-1]
 
@@ -330,7 +339,7 @@ class Trainer:
                     epoch, stage.epochs, start["step"] if start else 0))
             record = self._epoch(stage, setup, epoch, learner, early, start, batches)
             target_hit = reached(record.get(target["metric"]), target["value"], target["mode"])
-            stop = early.update(record[es_cfg["metric"]]) or target_hit
+            stop = early.update(early_stop_value(record, es_cfg["metric"])) or target_hit
             ckpt_state = {"stage": stage.index, "epoch": epoch, "stopped_early": stop,
                           "run_done": target_hit, "early_stop": early.state(),
                           "world": self._world_state(setup), "elapsed_s": record["elapsed_s"]}

@@ -50,13 +50,22 @@ def mae(y, pred):
     return tf.reduce_mean(tf.abs(y - pred), axis=-1)
 
 
+# The four targets in unitPar order: val_mae_<name> says which of them a model has learnt.
+TARGETS = ("omega_m", "sigma_8", "n_s", "h0")
+
+
+def target_mae(index):
+    return lambda y, pred: tf.abs(y[:, index] - pred[:, index])
+
+
 def make_task(cfg):
     return Task(
         build_model=lambda stage: build_model(stage.model, sample_shape(stage.data)),
         make_datasets=lambda stage, local_batch, world, seed: make_datasets(
             stage.data, local_batch, seed=seed, world=world),
         loss=mse,
-        metrics={"mae": mae},
+        metrics={"mae": mae, **{f"mae_{name}": target_mae(i) for i, name in enumerate(TARGETS)}},
+        sample_pixels=lambda stage: sample_shape(stage.data)[0] ** 3,
     )
 
 

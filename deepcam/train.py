@@ -43,7 +43,8 @@ def make_task(cfg):
         make_datasets=lambda stage, local_batch, world, seed: data.make_datasets(
             stage.data, local_batch, world, seed),
         loss=make_loss(cfg["model"]["class_power"]), metrics={"iou": iou}, maximize=("iou",),
-        on_validation=preview(cfg))
+        on_validation=preview(cfg),
+        sample_pixels=lambda stage: stage.data["shape"][0] * stage.data["shape"][1])
 
 
 def preview(cfg):

@@ -48,7 +48,8 @@ def make_task(cfg):
         loss=loss, metrics=metrics, maximize=("psnr", "psnr_jpeg", "psnr_gain", "ssim"),
         on_validation=preview(cfg),
         make_test_data=lambda stage, local_batch, world: data.full_images(
-            stage.data, "test", world))
+            stage.data, "test", world),
+        sample_pixels=lambda stage: stage.data["crop"] ** 2)
 
 
 def preview(cfg):

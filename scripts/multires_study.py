@@ -95,6 +95,22 @@ def study_table(runs, preset, target):
     return "\n".join(lines) + "\n"
 
 
+def breakdown_table(runs, preset):
+    """Markdown: each plan's final full-resolution value of every metric the preset lists under
+    `breakdown` (CosmoFlow: the MAE of each target, which says what a plan has learnt)."""
+    names = preset.get("breakdown", [])
+    if not names:
+        return ""
+    lines = ["", "Final full-resolution values per plan, medians over seeds with (min-max):", "",
+             "| plan | " + " | ".join(f"val_{name}" for name in names) + " |",
+             "|" + " --- |" * (len(names) + 1)]
+    for plan, plan_runs in runs.items():
+        lines.append(f"| {plan} | " + " | ".join(
+            spread([summarise_run(r, name, preset["mode"])["final"] for r in plan_runs])
+            for name in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def time_ratio(runs, preset, target):
     """Median time to target of each plan over the first plan's (None where never reached)."""
     medians = {}
@@ -211,7 +227,7 @@ def main(argv=None):
     reference = runs[next(iter(runs))]
     target = target_value([summarise_run(r, metric, mode)["best"] for r in reference],
                           preset["tolerance"], mode)
-    table = study_table(runs, preset, target)
+    table = study_table(runs, preset, target) + breakdown_table(runs, preset)
     ratios = time_ratio(runs, preset, target)
     table += "\nMedian time to target relative to the first plan: " + ", ".join(
         f"{plan} {'n/a' if r is None else f'{r:.2f}x'}" for plan, r in ratios.items()) + "\n"

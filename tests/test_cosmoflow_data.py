@@ -130,9 +130,11 @@ def test_generator_cli_writes_the_seed_layout(tmp_path):
     assert (train.num_samples, val.num_samples) == (3, 1)
 
 
-def test_targets_are_learnable_from_simple_statistics():
-    """Least squares on per-channel mean, variance and gradient variance of log(1 + x) must beat
-    predicting the mean on held-out cubes, for each of the four targets."""
+def test_targets_are_as_learnable_as_the_readme_says():
+    """Least squares on per-channel mean, variance and gradient variance of log(1 + x), against
+    predicting the mean on held-out cubes: Omega_m is read off the mean count almost exactly,
+    sigma_8 (clumping) well, n_s (spread over scales) in part, and H_0 hardly at all (its one
+    trace, the transfer function's shape, is too faint here)."""
     features, targets = [], []
     for counts, unit_par in gen.draw_samples(96, 32, seed=7, split="train"):
         logx = np.log1p(counts.astype(np.float32))
@@ -144,7 +146,8 @@ def test_targets_are_learnable_from_simple_statistics():
     coef, *_ = np.linalg.lstsq(features[fit], targets[fit], rcond=None)
     mae = np.abs(features[held_out] @ coef - targets[held_out]).mean(axis=0)
     baseline = np.abs(targets[held_out] - targets[fit].mean(axis=0)).mean(axis=0)
-    assert np.all(mae < 0.7 * baseline), mae / baseline
+    ratio = mae / baseline
+    assert ratio[0] < 0.1 and ratio[1] < 0.3 and ratio[2] < 0.7 and ratio[3] > 0.8, ratio
 
 
 # ---------------------------------------------------------------------------------------------
