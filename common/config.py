@@ -190,6 +190,11 @@ def merge_defaults(*parts):
     return functools.reduce(deep_merge, parts, {})
 
 
+def default_config(schema):
+    """The config of no YAML and no overrides: every key at its default."""
+    return _plain_value(schema)
+
+
 def _plain_value(schema):
     if isinstance(schema, Choice):
         return schema.options[0]

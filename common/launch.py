@@ -8,7 +8,7 @@ import os
 import tensorflow as tf
 
 from common import run_identity, run_lock, watchdog
-from common.config import COMMON_DEFAULTS, load_config, merge_defaults
+from common.config import COMMON_DEFAULTS, default_config, load_config, merge_defaults
 from common.distributed import World, abort_all, init_world
 from common.faults import set_rank
 from common.logs import get_logger
@@ -28,8 +28,9 @@ def run(app_defaults, make_task, description, argv=None):
         checkpoints = os.path.join(cfg["output_dir"], "checkpoints")
         if not cfg["test"]:  # --test leaves the training run's files alone
             run_lock.hold(world, cfg["output_dir"])
-        agree(world, lambda: run_identity.check(cfg, checkpoints, log) if cfg["test"]
-              else run_identity.record_start(cfg, world, log))
+        defaults = default_config(schema)
+        agree(world, lambda: run_identity.check(cfg, checkpoints, log, defaults=defaults)
+              if cfg["test"] else run_identity.record_start(cfg, world, log, defaults))
         tf.keras.utils.set_random_seed(cfg["seed"])  # identical initial weights on every rank
         if cfg["deterministic"]:
             tf.config.experimental.enable_op_determinism()

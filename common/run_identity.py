@@ -46,25 +46,44 @@ def trained(cfg):
     return {"seed": cfg["seed"], "stages": stages}
 
 
-def differences(before, now, path=""):
-    """Dotted keys whose values differ, as 'key: before -> now'."""
+def differences(before, now, path="", defaults=None):
+    """Dotted keys whose values differ, as 'key: before -> now'. A key the recorded run's code
+    did not have passes at its value in `defaults` (the config's defaults): a new key's default
+    keeps the behaviour the run was trained with, so upgrading the code mid-run resumes."""
     if isinstance(before, dict) and isinstance(now, dict):
         out = []
         for key in list(before) + [k for k in now if k not in before]:
-            out += differences(before.get(key, "(absent)"), now.get(key, "(absent)"),
-                               f"{path}.{key}" if path else str(key))
+            where = f"{path}.{key}" if path else str(key)
+            if key not in before and defaults is not None and \
+                    default_at(defaults, where) == now[key]:
+                continue
+            out += differences(before.get(key, "(absent)"), now.get(key, "(absent)"), where,
+                               defaults)
         return out
     if isinstance(before, list) and isinstance(now, list) and before and now and \
             all(isinstance(v, dict) for v in before + now):  # the stages
         count = [] if len(before) == len(now) else [f"{path}: {len(before)} -> {len(now)}"]
         return count + [d for i, (a, b) in enumerate(zip(before, now))
-                        for d in differences(a, b, f"{path}.{i}")]
+                        for d in differences(a, b, f"{path}.{i}", defaults)]
     return [] if before == now else [f"{path}: {before!r} -> {now!r}"]
 
 
-def check(cfg, checkpoints, log, commit=None):
+def default_at(defaults, path):
+    """The default of a dotted identity key (stages.<i>.<section>.<key>: the section's default),
+    or a marker that equals nothing when the key has none."""
+    parts = path.split(".")
+    value = defaults
+    for part in parts[2:] if parts[0] == "stages" else parts:
+        if not isinstance(value, dict) or part not in value:
+            return object()
+        value = value[part]
+    return value
+
+
+def check(cfg, checkpoints, log, commit=None, defaults=None):
     """Raise RunMismatch when `cfg` trains something other than the run recorded in
-    `checkpoints`; a run recorded before identities were kept passes."""
+    `checkpoints`; a run recorded before identities were kept passes. `defaults`: the config's
+    defaults, which keys added to the code since the recording may hold."""
     path = os.path.join(checkpoints, IDENTITY)
     if not os.path.exists(path):
         return
@@ -74,7 +93,7 @@ def check(cfg, checkpoints, log, commit=None):
         before = recorded["trained"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise RunMismatch(f"{path}: cannot read the run's identity ({err})") from None
-    changed = differences(before, trained(cfg))
+    changed = differences(before, trained(cfg), defaults=defaults)
     if changed:
         raise RunMismatch(
             f"{cfg['output_dir']} holds a run trained with other settings (recorded in {path}); "
@@ -90,7 +109,7 @@ def has_checkpoint(checkpoints):
         n == "latest.json" or n.startswith("stage") for n in os.listdir(checkpoints))
 
 
-def record_start(cfg, world, log):
+def record_start(cfg, world, log, defaults=None):
     """Rank 0, at a training start: check a resume against the recorded run, then keep this
     start's config (config-<n>.yaml and config.yaml), run.json and the run's identity."""
     out = cfg["output_dir"]
@@ -99,7 +118,7 @@ def record_start(cfg, world, log):
     if has_checkpoint(checkpoints):
         if not cfg["resume"]:
             return  # the trainer refuses to start over a checkpoint; leave the record alone
-        check(cfg, checkpoints, log, record["commit"])
+        check(cfg, checkpoints, log, record["commit"], defaults)
     os.makedirs(checkpoints, exist_ok=True)
     taken = [int(m.group(1)) for m in (re.search(r"config-(\d+)\.yaml$", p)
                                        for p in glob.glob(os.path.join(out, "config-*.yaml")))

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import yaml
 
-from common.config import COMMON_DEFAULTS, merge_defaults, resolve
+from common.config import COMMON_DEFAULTS, default_config, merge_defaults, resolve
 from common.run_identity import differences, trained
 from conftest import REPO, read_metrics, run_ranks, write_config
 from cosmoflow.make_data import write_tfrecord
@@ -41,6 +41,20 @@ def test_what_a_chain_changes_is_allowed(tmp_path, change):
 ])
 def test_what_changes_the_training_is_listed(tmp_path, change, key):
     assert key in differences(trained(resolved(tmp_path)), trained(resolved(tmp_path, change)))
+
+
+def test_a_key_added_to_the_code_since_the_recording_passes_at_its_default_only(tmp_path):
+    """A checkpoint written before train.memory_equivalent_batch existed resumes with it off
+    (its default: the old behaviour) and is refused with it on."""
+    schema = merge_defaults(COMMON_DEFAULTS, DEFAULTS)
+    recorded = trained(resolved(tmp_path))
+    del recorded["stages"][0]["train"]["memory_equivalent_batch"]
+    defaults = default_config(schema)
+    assert differences(recorded, trained(resolved(tmp_path)), defaults=defaults) == []
+    assert differences(recorded, trained(resolved(tmp_path))) != []  # without the defaults
+    changed = trained(resolved(tmp_path, "train.memory_equivalent_batch=true"))
+    assert differences(recorded, changed, defaults=defaults) == [
+        "stages.0.train.memory_equivalent_batch: '(absent)' -> True"]
 
 
 @pytest.fixture(scope="module")
