@@ -181,7 +181,10 @@ def predict(app, args):
                      "efficiency": efficiency(compute, comm),
                      "efficiency_overlap": efficiency(compute, comm, compute * fraction),
                      # smallest local batch at 90% without overlap: t_c >= 9 t_comm
-                     "batch_for_90": math.ceil(9 * comm / per_sample) if comm else 1})
+                     "batch_for_90": math.ceil(9 * comm / per_sample) if comm else 1,
+                     # or micro-batches of `batch` per update (train.accumulate_steps): their
+                     # gradients exist only after the last one, so none of it overlaps
+                     "accumulate_for_90": math.ceil(9 * comm / compute) if comm else 1})
     return {"model": model.name, "input": x.shape[1:], "params": params, "trainable": trainable,
             "gradient_bytes": nbytes, "local_batch": batch, "forward_flops": forward,
             "backward_flops": backward, "compute_s": compute, "device": device, "peak": peak,
@@ -204,8 +207,9 @@ def main(app, argv=None):
           "step:")
     print(f"  overlap: {r['overlap_fraction']:.3f} of the step, {r['overlap_source']}")
     print(f"  {'GPUs':>6s} {'allreduce ms':>13s} {'efficiency':>11s} {'with overlap':>13s} "
-          f"{'local batch for 0.9':>20s}")
+          f"{'local batch for 0.9':>20s} {'or accumulate_steps':>20s}")
     for row in r["rows"]:
         print(f"  {row['gpus']:6d} {row['allreduce_s'] * 1e3:13.2f} {row['efficiency']:11.3f} "
-              f"{row['efficiency_overlap']:13.3f} {row['batch_for_90']:20d}")
+              f"{row['efficiency_overlap']:13.3f} {row['batch_for_90']:20d} "
+              f"{row['accumulate_for_90']:20d}")
     return r

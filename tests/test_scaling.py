@@ -116,6 +116,11 @@ def test_model_counts_parameters_and_gradient_of_the_built_network():
         assert row["efficiency"] == pytest.approx(
             r["compute_s"] / (r["compute_s"] + row["allreduce_s"]))
         assert row["efficiency"] <= row["efficiency_overlap"] <= 1
+        # K micro-batches of the local batch: K x compute per allreduce, at least 0.9
+        k = row["accumulate_for_90"]
+        assert k * r["compute_s"] / (k * r["compute_s"] + row["allreduce_s"]) >= 0.9
+        assert k == 1 or (k - 1) * r["compute_s"] / (
+            (k - 1) * r["compute_s"] + row["allreduce_s"]) < 0.9
 
 
 def test_strong_scaling_config_puts_its_global_batch_on_one_gpu():
