@@ -128,9 +128,11 @@ class ShardedDataset:
 
         def one_epoch(epoch):
             skip = tf.where(epoch == first, first_step * self.local_batch, 0)
-            mine, weights, epochs = tf.numpy_function(
-                positions, [epoch, skip], (tf.int64, tf.float32, tf.int64), stateful=False)
-            return tf.data.Dataset.from_tensor_slices((mine, weights, epochs))
+            columns = tf.numpy_function(positions, [epoch, skip],
+                                        (tf.int64, tf.float32, tf.int64), stateful=False)
+            for column in columns:  # vectors: their elements (and batches) get static shapes
+                column.set_shape([None])
+            return tf.data.Dataset.from_tensor_slices(tuple(columns))
 
         keys = tf.constant(self.keys)
 

@@ -106,6 +106,8 @@ def test_one_pipeline_over_several_epochs_reads_what_a_pipeline_per_epoch_reads(
     del traces[:]
     together = [tuple(t.numpy() for t in batch) for batch in ds.epochs(1, 4, first_step=2)]
     assert len(traces) == 1
+    # Static batch shapes, as a compiled loop over several steps needs (steps_per_call).
+    assert [spec.shape.as_list() for spec in ds.epochs(1, 4).element_spec] == [[3, 2], [3], [3]]
     assert len(together) == len(expected) == 1 + 2 * ds.steps_per_epoch
     for got, want in zip(together, expected):
         for a, b in zip(got, want):
