@@ -20,8 +20,8 @@ from common.multires import same_network
 from common.optimizers import make_optimizer, with_loss_scaling
 from common.preemption import check_mid_epoch_world
 from common.steps import make_train_step
-from conftest import REPO, read_metrics, run_ranks, write_config
-from cosmoflow.make_data import write_tfrecord
+from conftest import read_metrics, run_ranks, write_config
+from test_resume import MODEL, TRAIN, data  # noqa: F401  (data: the resume tests' files)
 from test_distributed import checkpoint_weights
 from test_preemption import run_recorded
 
@@ -163,15 +163,6 @@ def test_stages_with_another_accumulation_do_not_share_a_compiled_step():
 
 
 # Whole runs of CosmoFlow's train.py: 32 samples, 4 updates of 8 samples per epoch.
-TRAIN = REPO / "cosmoflow" / "train.py"
-MODEL = {"name": "mlperf", "head": "global_pool", "width_scale": 0.125, "dropout": 0.0}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cosmo")
-    write_tfrecord(str(root), size=8, train=32, val=8, seed=3)
-    return root
 
 
 def config(tmp_path, name, data, **train):
