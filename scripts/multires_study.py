@@ -146,7 +146,8 @@ def run_command(argv, log_path):
     if result.returncode:
         with open(log_path) as f:
             tail = f.read()[-3000:]
-        raise SystemExit(f"multires_study.py: failed ({log_path}): {' '.join(argv)}\n{tail}")
+        raise SystemExit(f"multires_study.py: failed (exit {result.returncode}, {log_path}): "
+                         f"{' '.join(argv)}\n{tail}")
 
 
 def make_data(preset, data_dir):

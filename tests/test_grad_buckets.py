@@ -5,12 +5,11 @@ import json
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from conftest import REPO, run_ranks
 from common.config import BUCKET_MB_DEFAULT, COMMON_DEFAULTS, ConfigError, apply_override
 from common.config import merge_defaults, resolve
-from common.grad_buckets import BUCKET_NAME, average_in_buckets, plan_buckets
+from common.grad_buckets import BUCKET_NAME, plan_buckets
 from common.overlap import bucket_steps, load_events, overlap_report, start_epoch_us
 
 DRIVER = REPO / "tests" / "bucket_driver.py"
@@ -26,35 +25,11 @@ def test_buckets_follow_the_backward_order_and_close_at_the_size():
 
 
 def test_each_bucket_is_one_grouped_allreduce_with_the_riders_in_the_last():
-    import horovod.tensorflow as hvd
-    hvd.init()
-    grads = [tf.fill([256], float(i)) for i in range(4)] + [None]  # 1 KiB each
-    riders = tf.constant([2.5, 1.0])
-
-    @tf.function
-    def average():
-        return average_in_buckets(hvd, grads, 2048, hvd.Compression.fp16, riders)
-
-    graph = average.get_concrete_function().graph
-    ops = [op for op in graph.get_operations() if op.type == "HorovodGroupedAllreduce"]
-    # bucket 0: the last two gradients (float16 on the wire); the riders in float32 beside the
-    # last bucket
-    assert [op.name for op in ops] == [f"{BUCKET_NAME}0", f"{BUCKET_NAME}1",
-                                       f"{BUCKET_NAME}1_float32"]
-    assert [[t.dtype for t in op.inputs] for op in ops] == [
-        [tf.float16] * 2, [tf.float16] * 2, [tf.float32]]
-    uncompressed = tf.function(lambda: average_in_buckets(hvd, grads, 0, None, riders))
-    ops = [op for op in uncompressed.get_concrete_function().graph.get_operations()
-           if op.type == "HorovodGroupedAllreduce"]
-    assert len(ops) == 1 and [t.dtype for t in ops[0].inputs] == [tf.float32] * 5
-    only_riders = tf.function(lambda: average_in_buckets(hvd, [None], 2048, None, riders))
-    np.testing.assert_array_equal(only_riders()[1].numpy(), [2.5, 1.0])
-    averaged, averaged_riders = average()  # one rank: the mean is the value itself
-    assert averaged[4] is None
-    for i in range(4):
-        np.testing.assert_array_equal(averaged[i].numpy(), np.full(256, float(i)))
-        assert averaged[i].dtype == tf.float32
-    np.testing.assert_array_equal(averaged_riders.numpy(), [2.5, 1.0])
+    # In a child process: Horovod's MPI, once started in the pytest process, breaks every later
+    # mpiexec started from it (the singleton's environment leaks into the child).
+    result = run_ranks(1, [REPO / "tests" / "bucket_ops_driver.py"], timeout=300)
+    assert result.returncode == 0 and result.stdout.rstrip().endswith("bucket ops ok"), \
+        result.stdout[-3000:]
 
 
 def test_bucket_size_key_is_checked(tmp_path):
