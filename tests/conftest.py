@@ -58,3 +58,13 @@ def write_cosmo_stages(root, train, val, seed):
     write_tfrecord(str(root / "full"), size=16, train=train, val=val, seed=seed)
     coarsen_tfrecord_dataset(str(root / "full"), str(root / "coarse"))
     return root
+
+
+@pytest.fixture(autouse=True)
+def no_mpi_in_the_test_process():
+    """MPI started inside pytest (hvd.init) leaks its singleton environment into every later
+    mpiexec started without an explicit env, which then exits 1 silently: run it in a child."""
+    yield
+    hvd = sys.modules.get("horovod.tensorflow")
+    assert hvd is None or not hvd.is_initialized(), \
+        "this test started Horovod in the pytest process; run it with run_ranks() instead"
