@@ -168,7 +168,8 @@ def named_paths(cmd, roots):
     """Repository paths a command names (see the module docstring for the rule)."""
     paths = []
     for word in cmd.words:
-        value = word.split("=", 1)[1] if word.startswith("--") and "=" in word else word
+        assigned = word.startswith("--") and "=" in word or ENV_ASSIGNMENT.match(word)
+        value = word.split("=", 1)[1] if assigned else word
         if "$" in value or value.startswith("/") or "/" not in value or value == cmd.script:
             continue
         if value.split("/")[0] in roots:
