@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-APPS = ("cosmoflow", "deepcam", "edsr")
+APPS = tuple(sorted(p.parent.name for p in REPO.glob("*/train.py")))  # as the suite finds apps
 SHELLS = ("bash", "sh", "console")
 LAUNCHERS = ("mpiexec", "mpirun", "srun", "sbatch", "horovodrun", "jsrun", "bsub")
 SCRIPT_SUFFIXES = (".py", ".sh", ".sbatch", ".lsf")

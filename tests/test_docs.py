@@ -66,6 +66,12 @@ python cosmoflow/train.py --config cosmoflow/configs/demo.yaml --set train.no_su
     --set train.local_batch=0 --output-dir runs/fine
 srun -n 4 --gpus-per-task=1 python edsr/train.py --config edsr/configs/missing.yaml
 python scripts/benchmark.py --app deepcam --set model.middle_blocks=two
+sbatch scripts/launch/missing.sbatch
+```
+
+```console
+$ python -m deepcam.no_such_tool --help
+usage: python scripts/output_lines_are_not_commands.py
 ```
 
 See [the setup](no_such_page.md), [a heading](configuration.md#no-such-heading) and
@@ -85,14 +91,16 @@ def test_a_broken_page_is_reported_with_file_and_line():
                  "0 is out of range"),
                 ("docs/broken.md:9: path edsr/configs/missing.yaml does not exist"),
                 ("docs/broken.md:10: --set model.middle_blocks=two: config key "
-                 "'model.middle_blocks' expects int")]
+                 "'model.middle_blocks' expects int"),
+                ("docs/broken.md:11: script scripts/launch/missing.sbatch does not exist"),
+                ("docs/broken.md:15: module deepcam.no_such_tool not found")]
     for message in expected:
         assert [p for p in problems if p.startswith(message)], (message, problems)
     assert len(problems) == len(expected)
 
     links = dc.link_problems("docs/broken.md", BROKEN)
-    assert links == ["docs/broken.md:13: link no_such_page.md leads nowhere",
-                     "docs/broken.md:13: link configuration.md#no-such-heading: "
+    assert links == ["docs/broken.md:19: link no_such_page.md leads nowhere",
+                     "docs/broken.md:19: link configuration.md#no-such-heading: "
                      "no heading #no-such-heading"]
 
 
