@@ -7,7 +7,7 @@ Every fenced ```bash / ```sh / ```console block is read as commands (continuatio
 - `python -m X`: X is a module of this repository (its file exists) or an installed one;
   `python path.py`, `bash path`: the script exists;
 - a repository path named anywhere in the command exists. The rule: a word (or the value of
-  `--flag=value`) is a repository path when its first component is a tracked top-level folder
+  `--flag=value`) is a repository path when its first component is a top-level folder
   (common/, scripts/, docs/, ...). Words under runs/ or data/ (what commands create: outputs,
   datasets, data roots), absolute paths and words holding `$` are the user's own and not checked;
 - each `--set KEY=VALUE` is a key of the app's schema (the app from the script's folder, `--app`
@@ -159,9 +159,9 @@ def repo_module_file(module):
 
 
 def source_roots():
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.split()
-    return {p.split("/")[0] for p in tracked if "/" in p} - set(CREATED_ROOTS)
+    """The repository's top-level source folders (hidden ones and created ones left out)."""
+    return {p.name for p in REPO.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.name not in CREATED_ROOTS}
 
 
 def named_paths(cmd, roots):
