@@ -7,7 +7,7 @@ Every fenced ```bash / ```sh / ```console block is read as commands (continuatio
 - `python -m X`: X is a module of this repository (its file exists) or an installed one;
   `python path.py`, `bash path`: the script exists;
 - a repository path named anywhere in the command exists. The rule: a word (or the value of
-  `--flag=value`) is a repository path when its first component is a top-level folder
+  `--flag=value`, `NAME=value`) is a repository path when its first component is a top-level folder
   (common/, scripts/, docs/, ...). Words under runs/ or data/ (what commands create: outputs,
   datasets, data roots), absolute paths and words holding `$` are the user's own and not checked;
 - each `--set KEY=VALUE` is a key of the app's schema (the app from the script's folder, `--app`
@@ -44,7 +44,7 @@ LAUNCHERS = ("mpiexec", "mpirun", "srun", "sbatch", "horovodrun", "jsrun", "bsub
 SCRIPT_SUFFIXES = (".py", ".sh", ".sbatch", ".lsf")
 CREATED_ROOTS = ("runs", "data")  # outputs and data folders: what commands create
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")  # text may span lines
 REFERENCE = REPO / "docs" / "config-reference.md"
 
 
@@ -277,12 +277,12 @@ def run_help(entries, timeout=240):
 
 def _answer_help(entries):
     """Child side of run_help: run each entry as __main__ with argv [entry, --help]."""
-    results = {}
+    results, quiet = {}, io.StringIO()
     for entry in entries:
         sys.argv = [entry, "--help"]
         saved_path = list(sys.path)
         try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
                 if entry.startswith("-m "):
                     runpy.run_module(entry[3:], run_name="__main__", alter_sys=True)
                 else:
@@ -302,27 +302,32 @@ def link_problems(path, text=None):
     """Relative links (and #anchors) of one Markdown file that do not resolve."""
     path = REPO / path
     text = path.read_text() if text is None else text
-    in_code, problems = False, []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip().startswith("```"):
-            in_code = not in_code
-            continue
-        if in_code:
-            continue
-        for target in LINK.findall(re.sub(r"`[^`]*`", "", line)):
-            if re.match(r"^[a-z]+:", target):
-                continue  # http(s), mailto: not checked offline
-            file_part, _, anchor = target.partition("#")
-            dest = (path.parent / file_part).resolve()
-            where = f"{path.relative_to(REPO)}:{number}"
-            if file_part and not dest.exists():
-                problems.append(f"{where}: link {target} leads nowhere")
-                continue
-            if not anchor or (file_part and dest.suffix != ".md"):
-                continue
-            if anchor not in anchors(dest.read_text() if file_part else text):
-                problems.append(f"{where}: link {target}: no heading #{anchor}")
+    prose = prose_only(text)
+    problems = []
+    for match in LINK.finditer(prose):
+        target = match.group(1)
+        if re.match(r"^[a-z]+:", target):
+            continue  # http(s), mailto: not checked offline
+        file_part, _, anchor = target.partition("#")
+        dest = (path.parent / file_part).resolve()
+        where = f"{path.relative_to(REPO)}:{prose.count(chr(10), 0, match.start()) + 1}"
+        if file_part and not dest.exists():
+            problems.append(f"{where}: link {target} leads nowhere")
+        elif anchor and (not file_part or dest.suffix == ".md") and anchor not in anchors(
+                dest.read_text() if file_part else text):
+            problems.append(f"{where}: link {target}: no heading #{anchor}")
     return problems
+
+
+def prose_only(text):
+    """The text with code blocks and code spans blanked, line breaks kept."""
+    lines, in_code = text.split("\n"), False
+    for i, line in enumerate(lines):
+        fence = line.strip().startswith("```")
+        if fence or in_code:
+            lines[i] = ""
+        in_code ^= fence
+    return re.sub(r"`[^`]*`", lambda m: "\n" * m.group(0).count("\n"), "\n".join(lines))
 
 
 def anchors(text):

@@ -75,7 +75,8 @@ usage: python scripts/output_lines_are_not_commands.py
 ```
 
 See [the setup](no_such_page.md), [a heading](configuration.md#no-such-heading) and
-[this one](#broken-page).
+[this one](#broken-page), `[code](is_not_a_link.md)` and [a link split over
+two lines](reliability.md#nowhere).
 """
 
 
@@ -101,7 +102,8 @@ def test_a_broken_page_is_reported_with_file_and_line():
     links = dc.link_problems("docs/broken.md", BROKEN)
     assert links == ["docs/broken.md:19: link no_such_page.md leads nowhere",
                      "docs/broken.md:19: link configuration.md#no-such-heading: "
-                     "no heading #no-such-heading"]
+                     "no heading #no-such-heading",
+                     "docs/broken.md:20: link reliability.md#nowhere: no heading #nowhere"]
 
 
 def test_a_failing_entry_is_reported_by_the_help_runner():
