@@ -8,8 +8,8 @@ batches: each rank's final weights and returned [loss, *requests] to
 OUT_DIR/results-rank<r>.npz. Rank 0 records a Horovod timeline (OUT_DIR/timeline.json) from the
 bucketed steps on (the one-group step's allreduce under name scope one_group). Each step also
 takes tf.timestamp() once every gradient exists (the end of the backward pass, on the
-timeline's clock); every rank's times and TensorFlow's inter-op pool size go to
-OUT_DIR/evidence.json.
+timeline's clock); every rank's times, TensorFlow's inter-op pool size and the cores rank 0
+may use go to OUT_DIR/evidence.json.
 """
 import contextlib
 import dataclasses
@@ -81,4 +81,5 @@ if world.is_root:
     with open(os.path.join(out, "evidence.json"), "w") as f:
         json.dump({"times": {"buckets": bucket_times, "one_group": single_times},
                    "weights": len(single_weights),
-                   "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}, f)
+                   "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+                   "cores": len(os.sched_getaffinity(0))}, f)
