@@ -140,7 +140,8 @@ def test_two_ranks_start_buckets_during_the_backward_pass_and_match_one_group(tm
     # every step the first one (the last layers) enqueued well before the backward pass ends (the
     # last bucket's enqueue). With one inter-op thread per rank (mpiexec binds each to a core)
     # every bucket went at that end.
-    assert info["inter_op_threads"] == (2 if info["cores"] == 1 else 0), info  # init_world's
+    # init_world's second inter-op thread (the driver runs Eigen's kernels, as EDSR does)
+    assert info["inter_op_threads"] == (2 if info["cores"] == 1 and not info["onednn"] else 0)
     events = load_events(tmp_path / "timeline.json")
     report = overlap_report(events, skip=1)
     steps = bucket_steps(events)[-4:]
