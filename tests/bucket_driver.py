@@ -2,25 +2,31 @@
 
     python tests/bucket_driver.py OUT_DIR BUCKET_MB
 
-1. The Trainer's step (common.steps.make_train_step, stop requests included) with gradients in
-   buckets of BUCKET_MB and in one group, from the same weights on the same batches: each
-   rank's final weights and returned [loss, *requests] to OUT_DIR/results-rank<r>.npz; rank 0
-   records a Horovod timeline (OUT_DIR/timeline.json) from the bucketed steps on.
-2. Evidence of the overlap from the ops themselves: a step that takes tf.timestamp() once every
-   gradient of the backward pass exists, then averages them as the Trainer does, with buckets
-   and with one group (name scopes evidence<BUCKET_MB> and evidence0 in the timeline); every
-   rank's timestamps go to OUT_DIR/evidence.json.
+The Trainer's step (common.steps.make_train_step: optimizer update and stop requests included)
+with gradients in buckets of BUCKET_MB and in one group, from the same weights on the same
+batches: each rank's final weights and returned [loss, *requests] to
+OUT_DIR/results-rank<r>.npz. Rank 0 records a Horovod timeline (OUT_DIR/timeline.json) from the
+bucketed steps on (the one-group step's allreduce under name scope one_group). Each step also
+takes tf.timestamp() once every gradient exists (the end of the backward pass, on the
+timeline's clock); every rank's times, TensorFlow's inter-op pool size, the cores rank 0 may
+use and whether it runs oneDNN's kernels go to OUT_DIR/evidence.json.
 """
+import contextlib
 import dataclasses
 import json
 import os
 import sys
 
-import numpy as np
-import tensorflow as tf
+# Eigen's CPU kernels, as EDSR's runs: under oneDNN a rank keeps one inter-op thread and its
+# buckets go at the end of the backward pass (common.grad_buckets.keep_thread_for_collectives).
+os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
 
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from common.cpu_kernels import onednn_enabled
 from common.distributed import init_world
-from common.steps import make_train_step, weighted_mean
+from common.steps import make_train_step
 from cosmoflow.model import build_model
 from cosmoflow.train import mse
 
@@ -39,47 +45,46 @@ batches = [(tf.constant(rng.normal(size=(2, *SHAPE)).astype(np.float32)),
            for _ in range(STEPS)]
 
 
-def trained(mb, record=False):
+class StampedWorld:
+    """The world's gradient averaging, under name scope `scope`, recording when the step's last
+    gradient exists."""
+
+    def __init__(self, world, scope):
+        self.world, self.scope = world, scope
+        self.last_gradient = tf.Variable(0.0, dtype=tf.float64)
+
+    def average_gradients(self, grads, riders):
+        with tf.control_dependencies([g for g in grads if g is not None]):
+            self.last_gradient.assign(tf.timestamp())
+        with tf.name_scope(self.scope) if self.scope else contextlib.nullcontext():
+            return self.world.average_gradients(grads, riders)
+
+
+def trained(mb, scope=""):
     tf.keras.utils.set_random_seed(7)
     model = build_model(MODEL, SHAPE)
     requests = tf.Variable([0.0, float(world.rank), 0.0, 0.0])  # rank 1 asks: mean 0.5
-    step = make_train_step(model, tf.keras.optimizers.SGD(0.05), mse,
-                           dataclasses.replace(world, bucket_mb=mb),
+    stamped = StampedWorld(dataclasses.replace(world, bucket_mb=mb), scope)
+    step = make_train_step(model, tf.keras.optimizers.SGD(0.05), mse, stamped,
                            requests=requests)
-    step(*batches[0])  # traced before the timeline starts
-    if record:  # Horovod restarts no timeline it stopped: one recording for the rest of the run
+    step(*batches[0])  # traced
+    if mb:  # Horovod restarts no timeline it stopped: one recording for the rest of the run
         world.hvd.start_timeline(os.path.join(out, "timeline.json"))
-    returned = [step(*batch).numpy() for batch in batches]
-    return model.get_weights(), np.array(returned)
+    returned, times = [], []
+    for batch in batches:
+        returned.append(step(*batch).numpy())
+        times.append(float(stamped.last_gradient.numpy()))
+    return model.get_weights(), np.array(returned), world.allgather_object(times)
 
 
-def evidence_times(mb):
-    tf.keras.utils.set_random_seed(7)
-    model = build_model(MODEL, SHAPE)
-    bucketed = dataclasses.replace(world, bucket_mb=mb)
-
-    @tf.function
-    def step(x, y, w):
-        with tf.GradientTape() as tape:
-            loss = tf.reshape(weighted_mean(mse(y, model(x, training=True)), w), [1])
-        grads = tape.gradient(loss, model.trainable_variables)
-        with tf.control_dependencies(grads):
-            last_gradient = tf.timestamp()
-        with tf.name_scope(f"evidence{mb:g}"):
-            averaged, riders = bucketed.average_gradients(grads, loss)
-        # data, not control, dependencies: Grappler prunes pure ops whose outputs go unused
-        return last_gradient, tf.add_n([tf.reduce_sum(g) for g in averaged]) + riders[0]
-
-    step(*batches[0])
-    return [float(step(*batch)[0]) for batch in batches]
-
-
-single_weights, single_returned = trained(0.0)
-bucket_weights, bucket_returned = trained(bucket_mb, record=True)
+bucket_weights, bucket_returned, bucket_times = trained(bucket_mb)
+single_weights, single_returned, single_times = trained(0.0, "one_group")
+world.hvd.stop_timeline()
 np.savez(os.path.join(out, f"results-rank{world.rank}.npz"), *single_weights, *bucket_weights,
          single_returned=single_returned, bucket_returned=bucket_returned)
-times = {f"{mb:g}": world.allgather_object(evidence_times(mb)) for mb in (bucket_mb, 0.0)}
-world.hvd.stop_timeline()
 if world.is_root:
     with open(os.path.join(out, "evidence.json"), "w") as f:
-        json.dump({"times": times, "weights": len(single_weights)}, f)
+        json.dump({"times": {"buckets": bucket_times, "one_group": single_times},
+                   "weights": len(single_weights),
+                   "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+                   "cores": len(os.sched_getaffinity(0)), "onednn": onednn_enabled()}, f)

@@ -13,6 +13,7 @@ from common.grad_buckets import BUCKET_NAME, plan_buckets
 from common.overlap import bucket_steps, load_events, overlap_report, start_epoch_us
 
 DRIVER = REPO / "tests" / "bucket_driver.py"
+EARLY = 0.25  # how far ahead of the backward pass's end the first bucket goes, in steps
 
 
 def test_buckets_follow_the_backward_order_and_close_at_the_size():
@@ -135,21 +136,28 @@ def test_two_ranks_start_buckets_during_the_backward_pass_and_match_one_group(tm
         np.testing.assert_array_equal(ranks[0][f"arr_{i}"], ranks[1][f"arr_{i}"])
     np.testing.assert_array_equal(ranks[0]["bucket_returned"], ranks[1]["bucket_returned"])
 
-    # The training step's buckets, from its timeline: several, some enqueued well before the
-    # backward pass ends (the last bucket's enqueue).
+    # The training step's buckets (optimizer update included), from its timeline: several, and in
+    # every step the first one (the last layers) enqueued well before the backward pass ends (the
+    # last bucket's enqueue). With one inter-op thread per rank (mpiexec binds each to a core)
+    # every bucket went at that end.
+    # init_world's second inter-op thread (the driver runs Eigen's kernels, as EDSR does)
+    assert info["inter_op_threads"] == (2 if info["cores"] == 1 and not info["onednn"] else 0)
     events = load_events(tmp_path / "timeline.json")
     report = overlap_report(events, skip=1)
-    ahead = [b["ahead_of_backward_end_ms"] for b in report["buckets"]]
-    assert len(ahead) > 2 and ahead[-1] == 0 and max(ahead) > 0.1 * report["step_ms"], report
-    assert report["overlappable_fraction"] > 0.1
+    steps = bucket_steps(events)[-4:]
+    ahead = np.array([step[-1][0] - step[0][0] for step in steps]) / 1e3 / report["step_ms"]
+    assert len(steps[0]) > 2 and np.all(ahead > EARLY), (ahead, report, info["inter_op_threads"])
+    assert report["overlappable_fraction"] > EARLY
 
-    # Op-level evidence: the first bucket reaches Horovod before any rank has computed its last
-    # gradient (tf.timestamp after every gradient); one group only after, the control.
+    # Against the ops themselves: the first bucket reaches Horovod before any rank has computed
+    # its last gradient (tf.timestamp once every gradient exists, on the timeline's clock), by
+    # the same margin; one group only then, the control (its allreduce and the timestamp become
+    # ready together and may run in either order: 0.02 of a step apart at most).
     origin = start_epoch_us(events)
-    for mb, before in (("0.2", True), ("0", False)):
-        steps = bucket_steps(events, scope=f"evidence{mb}/")[-4:]  # after the traced call
-        last_gradient = np.min(info["times"][mb], axis=0) * 1e6  # per step, the earliest rank
-        assert len(steps) == len(last_gradient) == 4
-        first_enqueued = np.array([origin + step[0][0] for step in steps])
-        assert np.all((first_enqueued < last_gradient) == before), \
-            (mb, first_enqueued - last_gradient)
+    for name, scope in (("buckets", ""), ("one_group", "one_group/")):
+        last_gradient = np.min(info["times"][name], axis=0) * 1e6  # per step, the earliest rank
+        first = np.array([origin + step[0][0] for step in bucket_steps(events, scope)[-4:]])
+        assert len(first) == len(last_gradient) == 4
+        ahead = (last_gradient - first) / 1e3 / report["step_ms"]
+        assert np.all(ahead > EARLY) if name == "buckets" else np.all(ahead < 0.02), \
+            (name, ahead)
