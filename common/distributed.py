@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from common.grad_buckets import average_in_buckets, keep_thread_for_collectives
+from common.grad_buckets import average_in_buckets
 from common.run_lock import release_all
 from common.watchdog import GRACE_S
 
@@ -129,8 +129,6 @@ def init_world(hvd_cfg=None, output_dir=".", stall_timeout_s=0):
         os.makedirs(os.path.dirname(os.path.abspath(env["HOROVOD_TIMELINE"])), exist_ok=True)
     os.environ.update(env)
     hvd.init()
-    if hvd.size() > 1:
-        keep_thread_for_collectives()
     _pin_gpu(hvd.local_rank())
     compression = hvd.Compression.fp16 if hvd_cfg.get("compression") == "fp16" else None
     return World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), hvd, compression,

@@ -6,46 +6,24 @@ each bucket in its own Horovod grouped allreduce lets a bucket's allreduce start
 own gradients exist: in a traced step an op waits only for its inputs. One bucket
 (`bucket_bytes` 0) waits for the last gradient: no overlap, but one op and one message.
 
-On the CPU, "as soon as" needs a second inter-op thread (`keep_thread_for_collectives`).
-TensorFlow's executor runs an op that becomes ready on the thread that readied it only when it
-is cheap or the thread has nothing else to run; a Horovod allreduce is an asynchronous kernel,
-which counts as expensive on the CPU, so while the backward chain goes on it is handed to the
-inter-op pool. mpiexec binds each rank to one core, TensorFlow then sizes that pool at one
-thread, and that thread is the one running the backward chain: every bucket was enqueued only at
-the end of the backward pass (the Horovod timeline on 2 ranks here showed all of them within
-microseconds of the last). On a GPU, kernels count as cheap and run in order, and a GPU node
-has several cores per rank. Under oneDNN's CPU kernels the second thread costs more than the
-overlap gains, and one thread stays (see the function).
+On a CPU rank bound to one core, "as soon as" needs a second inter-op thread. TensorFlow's
+executor runs an op that becomes ready on the thread that readied it only when it is cheap or the
+thread has nothing else to run; a Horovod allreduce is an asynchronous kernel, which counts as
+expensive on the CPU, so while the backward chain goes on it is handed to the inter-op pool.
+mpiexec binds each rank to one core, TensorFlow then sizes that pool at one thread, and that
+thread is the one running the backward chain: every bucket is enqueued at the end of the
+backward pass (the Horovod timeline on 2 ranks shows all of them within microseconds of the
+last). `TF_NUM_INTEROP_THREADS=2` gives the pool its second thread and the buckets their
+overlap; it is not the default because the extra thread competes for the rank's one core (the
+CosmoFlow demo's 2-rank step under oneDNN went from 46-62 to 118-141 ms). On a GPU, kernels
+count as cheap and run in order, and a GPU node has several cores per rank.
 
 Small float32 vectors that the step must also average (its loss and the ranks' stop requests)
 ride in the last bucket, so a step needs no collective of its own for them.
 """
-import os
-
 import tensorflow as tf
 
-from common.cpu_kernels import onednn_enabled
-
 BUCKET_NAME = "gradient_bucket_"  # the Horovod op and timeline name prefix (common.overlap)
-
-
-def keep_thread_for_collectives():
-    """Give TensorFlow's inter-op pool a second thread when this process may use one core only
-    (mpiexec's binding), runs Eigen's CPU kernels and nobody set the pool's size: then an
-    allreduce handed to the pool starts while the first thread runs the backward pass. Under
-    oneDNN (common.cpu_kernels) the second thread made the CosmoFlow demo's 2-rank step 3x
-    slower (46 -> 141 ms; its kernels' threads then share the one core), so those runs keep one
-    thread and their buckets wait for the end of the backward pass on the CPU. Call it before
-    TensorFlow's runtime starts (its first op); later it changes nothing. Returns the pool size
-    set, or None."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if cores > 1 or onednn_enabled() or tf.config.threading.get_inter_op_parallelism_threads():
-        return None
-    try:
-        tf.config.threading.set_inter_op_parallelism_threads(2)
-    except RuntimeError:  # the runtime already started: its pool stays as it is
-        return None
-    return 2
 
 
 def plan_buckets(sizes, bucket_bytes):

@@ -8,8 +8,7 @@ batches: each rank's final weights and returned [loss, *requests] to
 OUT_DIR/results-rank<r>.npz. Rank 0 records a Horovod timeline (OUT_DIR/timeline.json) from the
 bucketed steps on (the one-group step's allreduce under name scope one_group). Each step also
 takes tf.timestamp() once every gradient exists (the end of the backward pass, on the
-timeline's clock); every rank's times, TensorFlow's inter-op pool size, the cores rank 0 may
-use and whether it runs oneDNN's kernels go to OUT_DIR/evidence.json.
+timeline's clock); every rank's times go to OUT_DIR/evidence.json.
 """
 import contextlib
 import dataclasses
@@ -17,14 +16,14 @@ import json
 import os
 import sys
 
-# Eigen's CPU kernels, as EDSR's runs: under oneDNN a rank keeps one inter-op thread and its
-# buckets go at the end of the backward pass (common.grad_buckets.keep_thread_for_collectives).
+# Eigen's CPU kernels and a second inter-op thread, without which a rank bound to one core runs
+# every allreduce after the backward pass (common/grad_buckets.py).
 os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+os.environ["TF_NUM_INTEROP_THREADS"] = "2"
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common.cpu_kernels import onednn_enabled
 from common.distributed import init_world
 from common.steps import make_train_step
 from cosmoflow.model import build_model
@@ -85,6 +84,4 @@ np.savez(os.path.join(out, f"results-rank{world.rank}.npz"), *single_weights, *b
 if world.is_root:
     with open(os.path.join(out, "evidence.json"), "w") as f:
         json.dump({"times": {"buckets": bucket_times, "one_group": single_times},
-                   "weights": len(single_weights),
-                   "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-                   "cores": len(os.sched_getaffinity(0)), "onednn": onednn_enabled()}, f)
+                   "weights": len(single_weights)}, f)
