@@ -203,6 +203,13 @@ def default_config(schema):
     return _plain_value(schema)
 
 
+def with_defaults(section, name):
+    """Section `name` of COMMON_DEFAULTS (data, train, ...) with the schema's default for every
+    key it lacks: a resolved config has them all, a section built by hand (tests, tools) may
+    hold only the keys it cares about. Readers index it directly: one place holds the defaults."""
+    return {**_plain_value(COMMON_DEFAULTS[name]), **section}
+
+
 def _plain_value(schema):
     if isinstance(schema, Choice):
         return schema.options[0]
