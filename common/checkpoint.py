@@ -170,6 +170,27 @@ class CheckpointStore:
                 shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
 
+def resume_point(store, world, resume, metrics_log, log):
+    """The checkpoint state this run continues from (None: from scratch), agreed on every rank
+    from rank 0's reading of `store`; `resume` is --resume. Refuses to overwrite a checkpointed
+    run without it. Rank 0 drops the records of `metrics_log` beyond that checkpoint."""
+    latest = world.broadcast_object(store.latest() if world.is_root else None)
+    if latest and not resume:
+        raise RuntimeError(f"{store.directory} already holds a checkpoint ({latest['name']}); "
+                           "pass --resume to continue it or choose another --output-dir")
+    if world.is_root:  # drop records of epochs whose checkpoint never landed; a mid-epoch
+        # checkpoint's epoch is logged when that epoch ends
+        metrics_log.truncate_after(
+            *(latest["stage"], latest["epoch"] - (latest.get("step") is not None)) if latest
+            else (-1, -1))
+    if latest is None:
+        if resume:
+            log.info(f"no checkpoint in {store.directory}; starting from scratch")
+        return None
+    log.info(f"resuming from {latest['path']}")
+    return latest
+
+
 def check_finite(model):
     """Raise NonFiniteWeights naming the variables holding NaN or Inf: such weights would
     become the 'last good' checkpoint."""

@@ -174,15 +174,23 @@ COMMON_DEFAULTS = {
     "stages": [],
 }
 
-# Plain flags for the settings edited most; each overrides the key in the base and in every stage.
-PLAIN_FLAGS = {
-    "epochs": ("train.epochs", int),
-    "local_batch": ("train.local_batch", int),
-    "lr": ("train.lr.base", float),
-    "data_dir": ("data.root", str),
-    "output_dir": ("output_dir", str),
-    "seed": ("seed", int),
-}
+# The plain flags: (flag, config key, type, help). A value flag overrides its key in the base
+# and in every stage that sets it; a bool flag is a switch that sets its key to true.
+PLAIN_FLAGS = (
+    ("--epochs", "train.epochs", int, "epochs of every stage"),
+    ("--local-batch", "train.local_batch", int, "per-rank batch of every stage"),
+    ("--lr", "train.lr.base", float, "base learning rate of every stage"),
+    ("--data-dir", "data.root", str, "data root; relative stage data roots lie under it"),
+    ("--output-dir", "output_dir", str, "folder for checkpoints, metrics and config"),
+    ("--seed", "seed", int, "random seed of the run (initial weights, data order)"),
+    ("--resume", "resume", bool, "continue from the latest checkpoint in the output folder"),
+    ("--test", "test", bool, "evaluate the latest checkpoint on the test split, then exit"),
+)
+
+
+def flag_dest(flag):
+    """The argparse destination of `flag` (--local-batch -> local_batch): resolve's flags keys."""
+    return flag[2:].replace("-", "_")
 
 
 def merge_defaults(*parts):
@@ -193,6 +201,13 @@ def merge_defaults(*parts):
 def default_config(schema):
     """The config of no YAML and no overrides: every key at its default."""
     return _plain_value(schema)
+
+
+def with_defaults(section, name):
+    """Section `name` of COMMON_DEFAULTS (data, train, ...) with the schema's default for every
+    key it lacks: a resolved config has them all, a section built by hand (tests, tools) may
+    hold only the keys it cares about. Readers index it directly: one place holds the defaults."""
+    return {**_plain_value(COMMON_DEFAULTS[name]), **section}
 
 
 def _plain_value(schema):
@@ -310,16 +325,11 @@ def build_parser(description):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set train.lr.rule=sqrt "
                              "or --set stages.1.train.epochs=5 (repeatable)")
-    parser.add_argument("--epochs", type=int, help="epochs of every stage")
-    parser.add_argument("--local-batch", type=int, help="per-rank batch of every stage")
-    parser.add_argument("--lr", type=float, help="base learning rate of every stage")
-    parser.add_argument("--data-dir", help="data root; relative stage data roots lie under it")
-    parser.add_argument("--output-dir", help="folder for checkpoints, metrics and config")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the latest checkpoint in the output folder")
-    parser.add_argument("--test", action="store_true",
-                        help="evaluate the latest checkpoint on the test split, then exit")
+    for flag, key, kind, text in PLAIN_FLAGS:
+        if kind is bool:  # None when absent: the YAML's value stands
+            parser.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            parser.add_argument(flag, type=kind, help=f"{text} ({key})")
     return parser
 
 
@@ -345,12 +355,9 @@ def resolve(schema, path, assignments=(), flags=None):
     for text in assignments:
         apply_override(cfg, schema, *_parse_assignment(text))
     flags = flags or {}
-    for flag, (key, _) in PLAIN_FLAGS.items():
-        if flags.get(flag) is not None:
-            _set_everywhere(cfg, schema, key, flags[flag])
-    for mode in ("resume", "test"):
-        if flags.get(mode):
-            cfg[mode] = True
+    for flag, key, _, _ in PLAIN_FLAGS:
+        if flags.get(flag_dest(flag)) is not None:
+            _set_everywhere(cfg, schema, key, flags[flag_dest(flag)])
     return cfg
 
 

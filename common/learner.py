@@ -8,8 +8,11 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from common.multires import same_network
-from common.optimizers import unwrapped
+from common import lr as lr_rules
+from common.data import common_spec
+from common.evaluation import task_eval_step
+from common.multires import same_network, transfer_weights
+from common.optimizers import make_optimizer, unwrapped, with_loss_scaling
 from common.steps import StepRunner
 
 
@@ -22,6 +25,75 @@ class Learner:
     val_spec: object = None
     runner: Optional[StepRunner] = None
     eval_step: Optional[Callable] = None
+
+
+class LearnerBuilder:
+    """Builds each stage's learner for the Trainer: the app's model in the stage's precision,
+    its optimizer (with loss scaling for mixed_float16) and LR schedule, the state restored on
+    a resume, and the same starting point on every rank. Remembers which later stages continue
+    a learner it built (`continues`)."""
+
+    def __init__(self, stages, task, world, store, log):
+        self.stages, self.task, self.world, self.store, self.log = stages, task, world, store, log
+        self.continues = [False] * len(stages)
+
+    def model(self, stage):
+        """The app's model for `stage`, its layers computing in the stage's precision."""
+        tf.keras.mixed_precision.set_global_policy(stage.train["precision"])
+        return self.task.build_model(stage)
+
+    def build(self, stage, setups, previous, state):
+        """The learner of `stage` (`setups`: every stage's StageSetup): the previous stage's
+        one when this stage continues it, else a new one, its weights handed over from
+        `previous` or restored from the checkpoint `state`."""
+        setup = setups[stage.index]
+        if previous is not None and state is None and self.continues[stage.index]:
+            return switch(previous, stage, setup, self.log)
+        model = self.model(stage)
+        if previous is not None and state is None:
+            for line in transfer_weights(previous.model, model).lines():
+                self.log.info(line)
+        learner = self._new(model, stage, setup, state)
+        group = self._stages_continuing(stage, model)
+        if len(group) > 1:
+            learner.train_spec = common_spec([setups[i].train_data for i in group])
+            learner.val_spec = common_spec([setups[i].val_data for i in group])
+        learner.eval_step = task_eval_step(model, self.task, learner.val_spec)
+        return learner
+
+    def _new(self, model, stage, setup, state):
+        schedule = lr_rules.WarmupDecay(*schedule_args(stage, setup))
+        optimizer = make_optimizer(stage.train, schedule)
+        optimizer.build(model.trainable_variables)
+        optimizer = with_loss_scaling(optimizer, stage.train["precision"])
+        if state is not None:
+            self.store.restore(model, optimizer, state)
+            continue_schedule(optimizer, schedule, stage, setup, state)
+            change = world_change(state, self.world, setup, float(schedule(optimizer.iterations)))
+            if change:
+                self.log.info(change)
+        # Same starting point everywhere: re-initialised layers, restored or fresh optimizer state.
+        self.world.broadcast_variables(model.variables + optimizer.variables)
+        return Learner(model, optimizer, schedule)
+
+    def _stages_continuing(self, stage, model):
+        """Indices of `stage` and of the later stages that keep training `model` (marked in
+        `continues`). Their batches are traced once, with the dimensions that differ between
+        stages left open."""
+        group = continuing_stages(self.stages, stage, model, self.model)
+        for index in group[1:]:
+            self.continues[index] = True
+        tf.keras.mixed_precision.set_global_policy(stage.train["precision"])
+        return group
+
+
+def average_non_trainable(model, world):
+    """Batch-norm statistics are updated per rank: average them so all ranks agree."""
+    if world.hvd is None:
+        return
+    for var in model.non_trainable_variables:
+        if var.dtype.is_floating:  # not RNG states
+            var.assign(world.hvd.allreduce(var, op=world.hvd.Average, name=f"sync_{var.name}"))
 
 
 def schedule_args(stage, setup):

@@ -6,6 +6,8 @@ is written here on the Keras optimizer API; its slots checkpoint like Adam's.
 """
 import tensorflow as tf
 
+from common.config import with_defaults
+
 
 def make_optimizer(train_cfg, schedule):
     """The optimizer named by `train.optimizer`, with `schedule` (or a float) as learning rate.
@@ -14,11 +16,12 @@ def make_optimizer(train_cfg, schedule):
     is given, i.e. after common/steps.py has averaged them over the ranks (so every rank clips
     alike) and unscaled them (mixed_float16: LossScaleOptimizer passes them on to this
     optimizer's apply_gradients once it has checked they are finite)."""
+    train_cfg = with_defaults(train_cfg, "train")
     name = train_cfg["optimizer"]
-    clip = dict(global_clipnorm=train_cfg.get("max_grad_norm"))
-    adam_args = dict(beta_1=train_cfg.get("beta_1", 0.9), beta_2=train_cfg.get("beta_2", 0.999),
-                     epsilon=train_cfg.get("epsilon", 1e-7), **clip)
-    decay = train_cfg.get("weight_decay", 0.0)
+    clip = dict(global_clipnorm=train_cfg["max_grad_norm"])
+    adam_args = dict(beta_1=train_cfg["beta_1"], beta_2=train_cfg["beta_2"],
+                     epsilon=train_cfg["epsilon"], **clip)
+    decay = train_cfg["weight_decay"]
     if name == "sgd":
         return tf.keras.optimizers.SGD(schedule, momentum=train_cfg["momentum"],
                                        weight_decay=decay or None, **clip)

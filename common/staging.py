@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.config import with_defaults
 from common.data import positions_read
 
 MANIFEST = "manifest.json"
@@ -46,12 +47,13 @@ class StagingError(RuntimeError):
 def stage_inputs(data_cfg, world, splits, seed=0):
     """{split: SplitFiles} -> {split: paths to read}, in the same order. With data.stage_dir set,
     the files this node reads point into the stage; files it never reads keep their source."""
-    if not data_cfg.get("stage_dir"):
+    data_cfg = with_defaults(data_cfg, "data")
+    if not data_cfg["stage_dir"]:
         return {name: list(split.paths) for name, split in splits.items()}
     start = time.perf_counter()
     root, stage_root = stage_folder(data_cfg)
     node, me = node_ranks(world)
-    wanted = files_read(splits, root, node, world.size, data_cfg.get("shuffle", "global"), seed)
+    wanted = files_read(splits, root, node, world.size, data_cfg["shuffle"], seed)
     leader, plan_file = node[0], os.path.join(stage_root, f".plan-{node[0]}.json")
     status, keep = {}, None
     if me == leader:

@@ -2,6 +2,7 @@
 at the end the time, epochs and metrics it reached (summary.json). Pure functions of the metrics
 records, shared with scripts/multires_study.py."""
 import datetime
+import json
 import os
 import platform
 import socket
@@ -91,6 +92,15 @@ def run_summary(records, target, maximize=()):
         summary["target"] = {**target, "reached": hit is not None,
                              "seconds": hit and hit[0], "epochs": hit and hit[1]}
     return summary
+
+
+def write_summary(records, target, maximize, path, log):
+    """Log the run's summary (run_summary of its epoch records) and write it to `path`."""
+    summary = run_summary(records, target, maximize)
+    for line in summary_lines(summary):
+        log.info(line)
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=1)
 
 
 def summary_lines(summary):

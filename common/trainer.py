@@ -11,25 +11,21 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from common import lr as lr_rules
 from common import watchdog
-from common.accumulation import update_batches
-from common.checkpoint import CheckpointStore
+from common.checkpoint import CheckpointStore, resume_point
+from common.evaluation import evaluate, task_eval_step
+from common.learner import LearnerBuilder, average_non_trainable
 from common.logs import MetricsLog
-from common.data import common_spec
-from common.faults import fault_point
-from common.learner import (Learner, continue_schedule, continuing_stages, schedule_args, switch,
-                            world_change)
+from common.mlperf_log import MLPerfLog
 from common.multires import (EarlyStopping, FinalStageProbe, describe_target, early_stop_value,
-                             memory_equivalent_batches, plan_stages,
-                             reached, transfer_weights)
-from common.optimizers import make_optimizer, with_loss_scaling
+                             memory_equivalent_batches, plan_stages, reached)
 from common.preemption import (Preempted, StopRequests, check_mid_epoch_world, epoch_losses,
                                signal_names)
+from common.preflight import check_compilation, check_metric_names
 from common.run_identity import check_stage
-from common.steps import StepRunner, draws_random_numbers, make_eval_step, make_train_step
-from common.summary import run_summary, summary_lines
-from common.mlperf_log import MLPerfLog
+from common.stage_setup import batch_sizes, stage_setup
+from common.steps import StepRunner, draws_random_numbers, make_train_step
+from common.summary import write_summary
 from common.tensorboard import TensorBoardLog
 
 
@@ -53,16 +49,6 @@ class Task:
     sample_pixels: Optional[Callable] = None  # (stage) -> pixels (voxels) of a training sample
 
 
-@dataclass
-class StageSetup:
-    local_batch: int
-    global_batch: int
-    peak_lr: float
-    train_data: object          # batches of one update: accumulate x local_batch per rank
-    val_data: object
-    accumulate: int = 1         # train.accumulate_steps: micro-batches per update
-
-
 class Trainer:
     def __init__(self, cfg, task, world, logger, name="train"):
         self.cfg, self.task, self.world, self.log = cfg, task, world, logger
@@ -80,32 +66,13 @@ class Trainer:
                             if cfg["log"]["tensorboard"] and world.is_root else None)
         self.mlperf = (MLPerfLog(cfg, world, name, self.stages)
                        if cfg["log"]["mlperf"]["enabled"] and world.is_root else None)
-        self.model = None  # the last stage's model once fit() returns
-        self._check_metric_names()
-        self._check_compilation()
-
-    def _check_metric_names(self):
-        known = ["train_loss", "val_loss"] + [f"val_{name}" for name in self.task.metrics]
-        # early stop may also watch a coarse stage's full-resolution score (log.final_val)
-        probed = known + ([f"final_{name}" for name in known[1:]] if self._probing() else [])
-        for stage in self.stages:
-            for section, choices in (("early_stop", probed), ("target", known)):
-                metric = stage.train[section]["metric"]
-                if metric not in choices:
-                    raise ValueError(f"config key 'train.{section}.metric': unknown metric "
-                                     f"{metric!r} (choose from {', '.join(choices)})")
-
-    def _check_compilation(self):
-        """XLA's CPU compiler (TensorFlow 2.15) rejects mixed-precision convolution gradients
-        ("Seen floating point types of different precisions"): say so before any work."""
-        if tf.config.list_logical_devices("GPU"):
-            return
-        for stage in self.stages:
-            if stage.train["jit_compile"] and stage.train["precision"] != "float32":
-                raise ValueError(
-                    f"stage '{stage.name}': train.jit_compile with train.precision="
-                    f"{stage.train['precision']} needs a GPU (XLA on CPU cannot compile "
-                    "mixed-precision convolution gradients); turn one of them off")
+        self.learners = LearnerBuilder(self.stages, task, world, self.store, logger)
+        self.setups = []    # each stage's StageSetup (batches, LR, data), made when fit() starts
+        self.probe = None   # FinalStageProbe with log.final_val on a multi-stage run
+        self.model = None   # the last stage's model once fit() returns
+        self._t0 = None     # perf_counter() at the run's start, earlier runs' time taken off
+        check_metric_names(self.stages, task.metrics, self._probing())
+        check_compilation(self.stages)
 
     def fit(self):
         """Run every stage (or what is left of them after a resume); return the epoch records.
@@ -127,12 +94,14 @@ class Trainer:
 
     def _fit(self):
         self._t0 = time.perf_counter()
-        resume = self._resume_state()
+        resume = resume_point(self.store, self.world, self.cfg["resume"], self.metrics_log,
+                              self.log)
         check_stage(resume, self.stages, self.store.directory)
         if resume:  # wall-clock time counts across resumes
             self._t0 -= resume.get("elapsed_s", 0.0)
-        setups = [self._setup(stage) for stage in self.stages]  # validates all data up front
-        self.setups, self.continues = setups, [False] * len(setups)
+        self.setups = setups = [  # reads and checks all stages' data up front
+            stage_setup(stage, self.task, self.world, self.cfg["seed"], self.log)
+            for stage in self.stages]
         self.probe = self._final_stage_probe(setups[-1])
         if self.mlperf:
             self.mlperf.settings(self.stages[0], setups[0], setups[-1].train_data.num_samples,
@@ -153,7 +122,9 @@ class Trainer:
         if self.mlperf:
             self.mlperf.run_stop(success=finished_run)
         self.model = learner.model
-        self._write_summary()
+        if self.world.is_root:  # time, epochs, best/final metrics, time to target: whole run
+            write_summary(self.metrics_log.read(), self.stages[-1].train["target"],
+                          self.task.maximize, os.path.join(self.out, "summary.json"), self.log)
         return self.history
 
     def test(self):
@@ -165,16 +136,12 @@ class Trainer:
             raise FileNotFoundError(f"--test: no checkpoint in {self.store.directory}")
         check_stage(latest, self.stages, self.store.directory)
         stage = self.stages[latest["stage"]]
-        model = self._build_model(stage)
+        model = self.learners.model(stage)
         tf.train.Checkpoint(model=model).read(
             os.path.join(latest["path"], "ckpt")).expect_partial()
-        local, _ = lr_rules.batch_sizes(stage.train["scaling"], stage.train["local_batch"],
-                                        stage.train["global_batch"], self.world.size,
-                                        stage.train["accumulate_steps"])
-        data = self.task.make_test_data(stage, local, self.world)
-        step = make_eval_step(model, self.task.loss, list(self.task.metrics.values()))
-        results = {k.replace("val_", "test_", 1): v
-                   for k, v in self._evaluate(data, step).items()}
+        data = self.task.make_test_data(stage, batch_sizes(stage, self.world.size)[0], self.world)
+        results = evaluate(data, task_eval_step(model, self.task), self.task.metrics, self.world)
+        results = {k.replace("val_", "test_", 1): v for k, v in results.items()}
         self.log.info(f"test split, checkpoint {latest['name']} ({data.num_samples} samples): "
                       + " ".join(f"{k} {v:.4g}" for k, v in results.items()))
         if self.world.is_root:
@@ -183,17 +150,6 @@ class Trainer:
             if self.task.on_validation is not None:
                 self.task.on_validation(model, stage, "test", self.out)
         return results
-
-    def _write_summary(self):
-        """Rank 0: time, epochs, best/final metrics, time to target, over the whole run's log."""
-        if not self.world.is_root:
-            return
-        summary = run_summary(self.metrics_log.read(), self.stages[-1].train["target"],
-                              self.task.maximize)
-        for line in summary_lines(summary):
-            self.log.info(line)
-        with open(os.path.join(self.out, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
 
     def _probing(self):
         return self.cfg["log"]["final_val"] and len(self.stages) > 1
@@ -206,156 +162,86 @@ class Trainer:
         last = self.stages[-1]
 
         def build():
-            model = self._build_model(last)
-            step = make_eval_step(model, self.task.loss, list(self.task.metrics.values()))
-            return model, lambda: self._evaluate(last_setup.val_data, step)
+            model = self.learners.model(last)
+            step = task_eval_step(model, self.task)
+            return model, lambda: evaluate(last_setup.val_data, step, self.task.metrics,
+                                           self.world)
         return FinalStageProbe(build, self.log)
 
-    def _resume_state(self):
-        latest = self.store.latest() if self.world.is_root else None
-        latest = self.world.broadcast_object(latest)
-        if latest and not self.cfg["resume"]:
-            raise RuntimeError(f"{self.store.directory} already holds a checkpoint "
-                               f"({latest['name']}); pass --resume to continue it or choose "
-                               "another --output-dir")
-        if self.world.is_root:  # drop records of epochs whose checkpoint never landed; a
-            # mid-epoch checkpoint's epoch is logged when that epoch ends
-            self.metrics_log.truncate_after(
-                *(latest["stage"], latest["epoch"] - (latest.get("step") is not None)) if latest
-                else (-1, -1))
-        if latest is None:
-            if self.cfg["resume"]:
-                self.log.info(f"no checkpoint in {self.store.directory}; starting from scratch")
-            return None
-        self.log.info(f"resuming from {latest['path']}")
-        return latest
-
-    def _setup(self, stage):
-        watchdog.progress("reading", stage.index)
-        train = stage.train
-        accumulate = train["accumulate_steps"]
-        local, global_ = lr_rules.batch_sizes(train["scaling"], train["local_batch"],
-                                              train["global_batch"], self.world.size, accumulate)
-        peak = lr_rules.scaled_lr(train["lr"]["base"], train["lr"]["base_batch"], global_,
-                                  train["lr"]["rule"])
-        train_data, val_data = self.task.make_datasets(stage, local, self.world,
-                                                       self.cfg["seed"] + 1000 * stage.index)
-        train_data = update_batches(train_data, accumulate)  # K micro-batches per update
-        self.log.info(
-            f"stage {stage.index} '{stage.name}': {train['scaling']} scaling, local batch {local}"
-            f"{f' x {accumulate} accumulated' if accumulate > 1 else ''}, "
-            f"global batch {global_} over {self.world.size} ranks, LR {train['lr']['base']:g} -> "
-            f"{peak:g} ({train['lr']['rule']} rule), {train_data.num_samples} train / "
-            f"{val_data.num_samples} val samples, {train_data.steps_per_epoch} steps/epoch")
-        return StageSetup(local, global_, peak, train_data, val_data, accumulate)
-
-    def _build_model(self, stage):
-        """The app's model for `stage`, its layers computing in the stage's precision."""
-        tf.keras.mixed_precision.set_global_policy(stage.train["precision"])
-        return self.task.build_model(stage)
-
-    def _build(self, stage, setup, previous, state):
-        """The stage's learner: the previous stage's one when this stage continues it."""
-        if previous is not None and state is None and self.continues[stage.index]:
-            return switch(previous, stage, setup, self.log)
-        model = self._build_model(stage)
-        if previous is not None and state is None:
-            for line in transfer_weights(previous.model, model).lines():
-                self.log.info(line)
-        schedule = lr_rules.WarmupDecay(*schedule_args(stage, setup))
-        optimizer = make_optimizer(stage.train, schedule)
-        optimizer.build(model.trainable_variables)
-        optimizer = with_loss_scaling(optimizer, stage.train["precision"])
-        if state is not None:
-            self.store.restore(model, optimizer, state)
-            continue_schedule(optimizer, schedule, stage, setup, state)
-            change = world_change(state, self.world, setup, float(schedule(optimizer.iterations)))
-            if change:
-                self.log.info(change)
-        # Same starting point everywhere: re-initialised layers, restored or fresh optimizer state.
-        self.world.broadcast_variables(model.variables + optimizer.variables)
-        learner = Learner(model, optimizer, schedule)
-        group = self._stages_continuing(stage, model)
-        if len(group) > 1:
-            learner.train_spec = common_spec([self.setups[i].train_data for i in group])
-            learner.val_spec = common_spec([self.setups[i].val_data for i in group])
-        return learner
-
-    def _stages_continuing(self, stage, model):
-        """Indices of `stage` and of the later stages that keep training `model` (marked in
-        self.continues). Their batches are traced once, with the dimensions that differ
-        between stages left open."""
-        group = continuing_stages(self.stages, stage, model, self._build_model)
-        for index in group[1:]:
-            self.continues[index] = True
-        tf.keras.mixed_precision.set_global_policy(stage.train["precision"])
-        return group
-
-    def _world_state(self, setup):
-        """What a resume on another rank count compares itself with."""
-        return {"size": self.world.size, "local_batch": setup.local_batch,
-                "accumulate_steps": setup.accumulate,
-                "global_batch": setup.global_batch, "peak_lr": setup.peak_lr}
+    def _build(self, stage, previous, state):
+        """The stage's learner (common.learner); tests/mpi_driver.py wraps this method to save
+        every stage's starting weights."""
+        return self.learners.build(stage, self.setups, previous, state)
 
     def _run_stage(self, stage, setup, previous, state):
+        """Train `stage` from `state` (a checkpoint's, on a resume) or from its start; returns
+        (its learner, whether the run is done: target reached)."""
         watchdog.progress("building", stage.index)
         inside = state if state is not None and state.get("step") is not None else None
         if inside:
             check_mid_epoch_world(inside, self.world, setup.local_batch, setup.accumulate)
-        learner = self._build(stage, setup, previous, state)
-        model, optimizer = learner.model, learner.optimizer
+        learner = self._build(stage, previous, state)
         es_cfg = stage.train["early_stop"]
         early = EarlyStopping(es_cfg["patience"], es_cfg["min_delta"], es_cfg["mode"])
         if state is not None:
             early.load(state["early_stop"])
             if not inside and (state["stopped_early"] or state["epoch"] + 1 >= stage.epochs):
                 return learner, False  # a resume with more epochs continues the stage
-        if learner.eval_step is None:
-            learner.eval_step = make_eval_step(model, self.task.loss,
-                                               list(self.task.metrics.values()))
-            if learner.val_spec:  # one trace for every stage's batches: calls dispatch to it
-                learner.eval_step.get_concrete_function(*learner.val_spec)
-        target = stage.train["target"]
         # Keras' random layers keep their RNG state outside the checkpoint: with any of them, each
         # epoch restarts from a seed of (run, stage, epoch) in a fresh trace, so an epoch replays
         # identically after a resume. Other models trace once per learner.
         # (An epoch resumed inside draws other random numbers from its resume step on.)
-        fresh_trace_per_epoch = draws_random_numbers(model)
+        fresh_trace_per_epoch = draws_random_numbers(learner.model)
         first_epoch = state["epoch"] + (not inside) if state else 0
         batches = None  # one training pipeline for the stage's epochs (ShardedDataset.epochs)
         for epoch in range(first_epoch, stage.epochs):
             start = inside if epoch == first_epoch else None
             if fresh_trace_per_epoch or learner.runner is None:
-                tf.random.set_seed(int(np.random.default_rng(
-                    [self.cfg["seed"], stage.index, epoch] + ([start["step"]] if start else [])
-                ).integers(2**31)))
-                learner.runner = StepRunner(
-                    make_train_step(model, optimizer, self.task.loss, self.world,
-                                    stage.train["jit_compile"], self.requests.variable,
-                                    accumulate_steps=setup.accumulate),
-                    stage.train["steps_per_call"], learner.train_spec)
+                learner.runner = self._runner(stage, setup, learner, epoch, start)
             if batches is None:
                 batches = learner.runner.batches(setup.train_data.epochs(
                     epoch, stage.epochs, start["step"] if start else 0))
             record = self._epoch(stage, setup, epoch, learner, early, start, batches)
-            target_hit = reached(record.get(target["metric"]), target["value"], target["mode"])
-            stop = early.update(early_stop_value(record, es_cfg["metric"])) or target_hit
-            ckpt_state = {"stage": stage.index, "epoch": epoch, "stopped_early": stop,
-                          "run_done": target_hit, "early_stop": early.state(),
-                          "world": self._world_state(setup), "elapsed_s": record["elapsed_s"]}
-            if target_hit:
-                ckpt_state["done_reason"] = describe_target(target, record[target["metric"]])
-            self._end_epoch(model, optimizer, ckpt_state, record)
-            if target_hit:
-                self.log.info(f"{ckpt_state['done_reason']}; stopping the run")
+            run_done, stage_done = self._after_epoch(stage, setup, epoch, learner, early, record)
+            if run_done:
                 return learner, True
-            if not (stage.index == len(self.stages) - 1 and (stop or epoch + 1 == stage.epochs)):
-                self._stop_if_signalled(stage, epoch)  # the run goes on: unless a signal came
-            if stop:
-                self.log.info(f"stage '{stage.name}': no {es_cfg['metric']} improvement for "
-                              f"{es_cfg['patience']} epochs; ending the stage")
+            if stage_done:
                 break
         return learner, False
+
+    def _runner(self, stage, setup, learner, epoch, start):
+        """A new trace of the training step, its random numbers seeded by (run, stage, epoch,
+        and the step of a resume inside the epoch)."""
+        tf.random.set_seed(int(np.random.default_rng(
+            [self.cfg["seed"], stage.index, epoch] + ([start["step"]] if start else [])
+        ).integers(2**31)))
+        step = make_train_step(learner.model, learner.optimizer, self.task.loss, self.world,
+                               stage.train["jit_compile"], self.requests.variable,
+                               accumulate_steps=setup.accumulate)
+        return StepRunner(step, stage.train["steps_per_call"], learner.train_spec)
+
+    def _after_epoch(self, stage, setup, epoch, learner, early, record):
+        """Checkpoint the epoch and decide what follows it: returns (the run is done: target
+        reached, the stage is done: early stop or target). A signal stops every rank here."""
+        target, es_cfg = stage.train["target"], stage.train["early_stop"]
+        target_hit = reached(record.get(target["metric"]), target["value"], target["mode"])
+        stop = early.update(early_stop_value(record, es_cfg["metric"])) or target_hit
+        ckpt_state = {"stage": stage.index, "epoch": epoch, "stopped_early": stop,
+                      "run_done": target_hit, "early_stop": early.state(),
+                      "world": setup.world_state(self.world.size),
+                      "elapsed_s": record["elapsed_s"]}
+        if target_hit:
+            ckpt_state["done_reason"] = describe_target(target, record[target["metric"]])
+        self._end_epoch(learner.model, learner.optimizer, ckpt_state, record)
+        if target_hit:
+            self.log.info(f"{ckpt_state['done_reason']}; stopping the run")
+            return True, True
+        if not (stage.index == len(self.stages) - 1 and (stop or epoch + 1 == stage.epochs)):
+            self._stop_if_signalled(stage, epoch)  # the run goes on: unless a signal came
+        if stop:
+            self.log.info(f"stage '{stage.name}': no {es_cfg['metric']} improvement for "
+                          f"{es_cfg['patience']} epochs; ending the stage")
+        return False, stop
 
     def _epoch(self, stage, setup, epoch, learner, early, start, batches):
         """Train one epoch on the next batches of the stage's iterator `batches` (from `start`,
@@ -364,9 +250,9 @@ class Trainer:
         if self.mlperf:
             self.mlperf.epoch_start(stage.index, epoch)
         record = self._train_epoch(stage, setup, epoch, learner, early, start, batches)
-        self._average_non_trainable(model)
+        average_non_trainable(model, self.world)
         watchdog.progress("validation", stage.index, epoch)
-        record.update(self._evaluate(setup.val_data, learner.eval_step))
+        record.update(evaluate(setup.val_data, learner.eval_step, self.task.metrics, self.world))
         if self.probe is not None:  # a measurement, not training: kept out of elapsed_s
             t_probe = time.perf_counter()
             record.update(self.probe.score(model, record, stage.index == len(self.stages) - 1))
@@ -444,12 +330,14 @@ class Trainer:
         """On every rank after the same `step` of the epoch, as the ranks asked together: rank
         0 checkpoints this point (what --resume continues from); after a signal, all stop."""
         state = {"stage": stage.index, "epoch": epoch, "step": step, "stopped_early": False,
-                 "run_done": False, "early_stop": early_state, "world": self._world_state(setup),
+                 "run_done": False, "early_stop": early_state,
+                 "world": setup.world_state(self.world.size),
                  "elapsed_s": time.perf_counter() - self._t0,
                  "train_loss_sum": loss_total[0], "train_loss_count": loss_total[1]}
         model = learner.model
         own = [var.numpy() for var in model.non_trainable_variables]
-        self._average_non_trainable(model)  # saved as an epoch end would; linear in the updates
+        # saved as an epoch end would save it; the averaging is linear in the updates
+        average_non_trainable(model, self.world)
         if self.world.is_root:
             self.store.save(model, learner.optimizer, state)
         for var, value in zip(model.non_trainable_variables, own):  # training goes on unchanged
@@ -473,27 +361,6 @@ class Trainer:
         self.log.info(f"stopped by {names} at {where}; checkpoint written; continue with "
                       "--resume")
         raise Preempted()
-
-    def _average_non_trainable(self, model):
-        """Batch-norm statistics are updated per rank: average them so all ranks agree."""
-        if self.world.hvd is None:
-            return
-        for var in model.non_trainable_variables:
-            if var.dtype.is_floating:  # not RNG states
-                var.assign(self.world.hvd.allreduce(var, op=self.world.hvd.Average,
-                                                    name=f"sync_{var.name}"))
-
-    def _evaluate(self, val_data, eval_step):
-        fault_point("validation")
-        sums = np.zeros(len(self.task.metrics) + 2)
-        for x, y, w in val_data.epoch(0):
-            sums += eval_step(x, y, w).numpy()
-        sums = self.world.allreduce_sum(sums)
-        count = max(sums[-1], 1.0)
-        values = {"val_loss": sums[0] / count}
-        for i, name in enumerate(self.task.metrics):
-            values[f"val_{name}"] = sums[i + 1] / count
-        return values
 
     def _end_epoch(self, model, optimizer, ckpt_state, record):
         self.history.append(record)

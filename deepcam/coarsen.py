@@ -13,9 +13,8 @@ import os
 
 import numpy as np
 
-from common.hdf5 import open_h5
 from deepcam import stats
-from deepcam.make_data import write_sample
+from deepcam.h5io import read_sample, write_sample
 
 PRIORITY = np.array([0, 2, 1])  # tie-break rank of background, cyclone, river
 
@@ -43,8 +42,7 @@ def coarsen_dataset(src, dst, labels="pooled"):
         if paths:
             os.makedirs(os.path.join(dst, split), exist_ok=True)
         for path in paths:
-            with open_h5(path) as f:
-                data, label = f["climate/data"][()], f["climate/labels_0"][()]
+            data, label = read_sample(path)
             coarse = majority_pool(np.rint(label).astype(np.uint8)) if labels == "pooled" \
                 else label
             write_sample(os.path.join(dst, split, os.path.basename(path)), average_pool(data),

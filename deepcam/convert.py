@@ -15,7 +15,7 @@ import shutil
 
 import numpy as np
 
-from common.hdf5 import open_h5
+from deepcam.h5io import read_sample
 
 
 def convert(src, dst):
@@ -31,9 +31,8 @@ def convert(src, dst):
         os.makedirs(os.path.join(dst, split), exist_ok=True)
         shapes = None
         for path in paths:
-            with open_h5(path) as f:
-                data = f["climate/data"][()].astype("<f4")
-                labels = np.rint(f["climate/labels_0"][()]).astype(np.uint8)
+            data, labels = read_sample(path)
+            data, labels = data.astype("<f4"), np.rint(labels).astype(np.uint8)
             if shapes not in (None, (data.shape, labels.shape)):
                 raise ValueError(f"{path}: shapes {data.shape}, {labels.shape} differ from the "
                                  f"split's first file {shapes}")

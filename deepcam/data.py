@@ -21,9 +21,9 @@ import tensorflow as tf
 from common.data import ShardedDataset
 from common.hdf5 import H5Reader, h5_shapes, open_h5
 from common.staging import SplitFiles, stage_inputs
+from deepcam.h5io import DATA, LABELS
 
 SPLITS = ("train", "validation")
-DATA, LABELS = "climate/data", "climate/labels_0"
 
 
 def make_datasets(data_cfg, local_batch, world, seed):

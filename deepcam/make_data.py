@@ -13,12 +13,13 @@ Writes <out>/{train,validation,test}/data-NNNNN.h5 and <out>/stats.h5 from the t
 import argparse
 import os
 
-import h5py
 import numpy as np
 
 from common.demo import write_once
 from common.fields import red_field
 from deepcam import stats
+from deepcam.coarsen import coarsen_dataset
+from deepcam.h5io import write_sample
 
 # Typical value and large-scale spread of each channel.
 BACKGROUND = [(25, 10), (0, 8), (0, 8), (0, 6), (0, 6), (0.01, 0.004), (1.0e5, 800),
@@ -80,12 +81,6 @@ def add_river(rng, data, labels, yy, xx):
     labels[(dist < 1.5 * width) & (labels == 0)] = 2
 
 
-def write_sample(path, data, labels, int_labels=False):
-    with h5py.File(path, "w") as f:
-        f["climate/data"] = data
-        f["climate/labels_0"] = labels.astype(np.int32 if int_labels else np.float32)
-
-
 def write_dataset(out, rows, cols, train, val, test=0, seed=0, int_labels=False):
     for split_id, (split, n) in enumerate((("train", train), ("validation", val),
                                            ("test", test))):
@@ -106,8 +101,6 @@ def write_demo(out):
 
 
 def _write_demo(out):
-    from deepcam.coarsen import coarsen_dataset
-
     print(f"writing synthetic {DEMO['cols']}x{DEMO['rows']} climate samples to {out}/full")
     write_dataset(os.path.join(out, "full"), **DEMO)
     print(f"coarsening them to {out}/coarse (labels kept at full resolution)")

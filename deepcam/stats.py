@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from common.hdf5 import open_h5
+from deepcam.h5io import DATA
 
 
 def partial_stats(paths):
@@ -23,7 +24,7 @@ def partial_stats(paths):
     count, total, squares, low, high = 0, 0.0, 0.0, np.inf, -np.inf
     for path in paths:
         with open_h5(path) as f:
-            data = f["climate/data"][()].astype(np.float64)
+            data = f[DATA][()].astype(np.float64)
         pixels = data.reshape(-1, data.shape[-1])
         count += len(pixels)
         total = total + pixels.sum(axis=0)
