@@ -24,11 +24,10 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from common import apps
 from common.bench import load_config, measure, spread
 from common.steps import make_train_step, weighted_mean
 
-DEMO = {"cosmoflow": "cosmoflow/configs/demo_full_only.yaml",
-        "deepcam": "deepcam/configs/full_only.yaml", "edsr": "edsr/configs/single_stage.yaml"}
 
 
 def reference_step(model, optimizer, loss_fn, world, per_variable):
@@ -70,11 +69,11 @@ def variants(task, stage, world, bucket_mbs):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("app", choices=sorted(DEMO))
+    p.add_argument("app", choices=apps.REGISTERED)
     p.add_argument("--bucket-mb", type=float, nargs="+", default=[0.25, 1.0])
     p.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--config", help="default: the app's single-stage demo config")
+    p.add_argument("--config", help="default: the app's single-stage config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -84,7 +83,7 @@ def main(argv=None):
 
     app = load_app(args.app)
     world = init_world()
-    args.config = args.config or DEMO[args.app]
+    args.config = args.config or apps.load(args.app).single_stage_config
     cfg, stage = load_config(app.defaults, args.config, args.set)
     task = app.make_task(cfg)
     batch = [tf.constant(a) for a in app.random_batch(

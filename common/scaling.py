@@ -9,7 +9,6 @@ step for the rank's one core. Weak scaling keeps the local batch; strong scaling
 global batch (1 rank at G, 2 ranks at G/2 each).
 """
 import argparse
-import importlib
 import json
 import os
 import statistics
@@ -20,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from common import apps
 from common.bench import print_rates, spread
 
 RUN_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
@@ -28,7 +28,8 @@ RUN_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": 
 
 @dataclass
 class ScalingApp:
-    """What an app's benchmark.py hands the scaling mode and the scaling model."""
+    """What an app's benchmark.py hands the scaling mode and the scaling model (its SCALING,
+    the App's `scaling` hook)."""
     defaults: dict
     make_task: Callable
     config: str                  # the full-size (MLPerf or seed) scenario
@@ -41,7 +42,7 @@ class ScalingApp:
 
 
 def load_app(name):
-    return importlib.import_module(f"{name}.benchmark").SCALING
+    return apps.load(name).hook("scaling")
 
 
 def parse_args(argv):

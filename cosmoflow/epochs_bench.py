@@ -11,7 +11,7 @@ import statistics
 from common.bench import number, print_rates, spread
 from common.epoch_bench import run_trainer
 from common.optimizers import make_optimizer
-from cosmoflow import train as app
+from cosmoflow.train import APP
 from cosmoflow.data import SPLITS, first, is_gzip, list_files, split_folder
 from cosmoflow.model import network_spec
 from cosmoflow.reference import fit_reference
@@ -31,7 +31,7 @@ def compare_epochs(args, stage, world, work):
     epochs = {TRAINER: [], REFERENCE: []}  # per repeat: samples/s of epochs 2..N
     runs = {TRAINER: [], REFERENCE: []}    # per repeat: seconds of the whole run
     for repeat in range(args.repeats):
-        history, setup, seconds = run_trainer(app, args.config, sets, args.epochs,
+        history, setup, seconds = run_trainer(APP, args.config, sets, args.epochs,
                                               os.path.join(work, f"trainer-run{repeat}"), world)
         samples = setup.train_data.steps_per_epoch * setup.global_batch
         epochs[TRAINER].append([samples / r["epoch_s"] for r in history[1:]])
