@@ -23,11 +23,11 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from common.bench import endless, load_config, measure, print_rates, ratio, stepper, training
+from benchmarks.bench import endless, load_config, measure, print_rates, ratio, stepper, training
+from benchmarks.scaling import ScalingApp
 from common.distributed import init_world
 from common.logs import get_logger
 from common.optimizers import make_optimizer
-from common.scaling import ScalingApp
 from cosmoflow import make_data
 from cosmoflow.data import sample_shape
 from cosmoflow.epochs_bench import compare_epochs

@@ -8,13 +8,13 @@ seconds include building, tracing, validation and, for the Trainer, its checkpoi
 import os
 import statistics
 
-from common.bench import number, print_rates, spread
-from common.epoch_bench import run_trainer
+from benchmarks.bench import number, print_rates, spread
+from benchmarks.epoch_bench import run_trainer
 from common.optimizers import make_optimizer
-from cosmoflow.train import APP
 from cosmoflow.data import SPLITS, first, is_gzip, list_files, split_folder
 from cosmoflow.model import network_spec
 from cosmoflow.reference import fit_reference
+from cosmoflow.train import APP
 
 TRAINER, REFERENCE = "trainer", "keras fit reference"
 

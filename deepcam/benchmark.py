@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from common.bench import endless, load_config, measure, print_rates, ratio, stepper, training
+from benchmarks.bench import endless, load_config, measure, print_rates, ratio, stepper, training
+from benchmarks.scaling import ScalingApp
 from common.distributed import init_world
-from common.scaling import ScalingApp
 from deepcam import convert, data, make_data
 from deepcam.train import APP, DEFAULTS, make_task
 

@@ -13,9 +13,9 @@ import tempfile
 
 import numpy as np
 
-from common.bench import endless, load_config, measure, print_rates, ratio, stepper, training
+from benchmarks.bench import endless, load_config, measure, print_rates, ratio, stepper, training
+from benchmarks.scaling import ScalingApp
 from common.distributed import init_world
-from common.scaling import ScalingApp
 from common.steps import make_eval_step
 from edsr import data, make_data
 from edsr.train import APP, DEFAULTS, make_task

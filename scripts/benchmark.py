@@ -4,8 +4,8 @@ APP is a registered app (common/apps.py: cosmoflow, deepcam, edsr); `--app APP -
 that app's options (its <app>/benchmark.py). Every figure is a median over repeats measured
 round-robin in one run.
 
-    --scaling        throughput at 1 and 2 ranks and one allreduce (common/scaling.py)
-    --model-scaling  predicted efficiency on a GPU cluster (common/scaling_model.py)
+    --scaling        throughput at 1 and 2 ranks and one allreduce (benchmarks/scaling.py)
+    --model-scaling  predicted efficiency on a GPU cluster (benchmarks/scaling_model.py)
 """
 import argparse
 import importlib
@@ -25,9 +25,9 @@ def main(argv=None):
     args, rest = parser.parse_known_args(argv)
     app = apps.load(args.app)  # first: the app picks TensorFlow's CPU kernels
     if args.scaling:
-        return importlib.import_module("common.scaling").main(args.app, rest)
+        return importlib.import_module("benchmarks.scaling").main(args.app, rest)
     if args.model_scaling:
-        return importlib.import_module("common.scaling_model").main(args.app, rest)
+        return importlib.import_module("benchmarks.scaling_model").main(args.app, rest)
     return app.hook("benchmark")(rest)
 
 

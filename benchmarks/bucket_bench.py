@@ -1,7 +1,8 @@
 """Gradient averaging variants timed on the app's demo-size training step, on every rank of an
 mpiexec run (one thread per rank, each rank its own in-memory batch):
 
-    mpiexec -n 2 python -m common.bucket_bench APP [--bucket-mb 0.25 1] [--steps 20] [--repeats 5]
+    mpiexec -n 2 python -m benchmarks.bucket_bench APP [--bucket-mb 0.25 1] [--steps 20]
+        [--repeats 5]
 
 - one group: every gradient in one grouped allreduce after the backward pass, the loss in it
   (horovod.bucket_mb 0);
@@ -13,7 +14,7 @@ mpiexec run (one thread per rank, each rank its own in-memory batch):
 
 Variants alternate within every repeat, so a noisy neighbour slows them alike; rank 0 prints
 each one's trace time and ms per step (median [min - max] over repeats). How far the buckets
-overlap the backward pass: a training run's Horovod timeline, read by common/overlap.py.
+overlap the backward pass: a training run's Horovod timeline, read by benchmarks/overlap.py.
 """
 import argparse
 import dataclasses
@@ -24,8 +25,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from benchmarks.bench import load_config, measure, spread
 from common import apps
-from common.bench import load_config, measure, spread
 from common.steps import make_train_step, weighted_mean
 
 
@@ -78,8 +79,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    from benchmarks.scaling import load_app
     from common.distributed import init_world
-    from common.scaling import load_app
 
     app = load_app(args.app)
     world = init_world()

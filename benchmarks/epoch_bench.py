@@ -1,14 +1,17 @@
 """Step-speed settings measured the way users train: whole epochs of the Trainer, several of them,
 each setting in turn, round-robin over repeats so that a noisy neighbour slows them alike.
 
-    python -m common.epoch_bench --app cosmoflow [--epochs 4] [--repeats 3]
+    python -m benchmarks.epoch_bench --app cosmoflow [--epochs 4] [--repeats 3]
 
 Trains the app's single-stage config (App.single_stage_config, common/apps.py) on its demo data
-(written to a temporary folder) once
-per setting and repeat, on one process, and reports per setting the median [min - max] of the
-training samples/s of every epoch after the first (the first holds the trace), the ratio to the
-default Trainer (median of per-repeat ratios), and the last validation metric. Keras `model.fit`
-on the same network, data, batch and optimizer is the reference a user would reach for first.
+(written to a temporary folder) once per setting and repeat, on one process, and reports per
+setting the median [min - max] of the training samples/s of every epoch after the first (the
+first holds the trace), the ratio to the default Trainer (median of per-repeat ratios), and the
+last validation metric. Keras `model.fit` on the same network, data, batch and optimizer is the
+reference a user would reach for first.
+
+TensorFlow is imported by the functions that train, after main has loaded the app: the app picks
+TensorFlow's CPU kernels before TensorFlow loads (common/cpu_kernels.py), as when users train.
 """
 import argparse
 import logging
@@ -17,13 +20,8 @@ import statistics
 import tempfile
 import time
 
-import tensorflow as tf
-
+from benchmarks.bench import load_config, number, spread
 from common import apps
-from common.bench import load_config, number, spread
-from common.distributed import World
-from common.optimizers import make_optimizer
-from common.trainer import Trainer
 
 SETTINGS = {  # name -> config assignments (None: Keras model.fit)
     "trainer (defaults)": [],
@@ -47,6 +45,10 @@ def trainer_run(app, config, sets, epochs, out):
 def run_trainer(app, config, sets, epochs, out, world=None):
     """(epoch records, last stage's setup, seconds of the whole run) of the Trainer on the
     config with `sets`, every stage `epochs` long."""
+    import tensorflow as tf
+    from common.distributed import World
+    from common.trainer import Trainer
+
     start = time.perf_counter()
     cfg, _ = load_config(app.defaults, config, sets + [f"output_dir={out}"], {"epochs": epochs})
     tf.keras.utils.set_random_seed(cfg["seed"])
@@ -59,6 +61,10 @@ def run_trainer(app, config, sets, epochs, out, world=None):
 
 def keras_fit_run(app, config, sets, epochs, out):
     """The same network, data, batch and optimizer (constant LR) trained by model.fit."""
+    import tensorflow as tf
+    from common.distributed import World
+    from common.optimizers import make_optimizer
+
     cfg, stage = load_config(app.defaults, config, sets + [f"output_dir={out}"],
                              {"epochs": epochs})
     tf.keras.utils.set_random_seed(cfg["seed"])
@@ -85,7 +91,7 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config overrides for every setting (e.g. smaller data or network)")
     args = parser.parse_args(argv)
-    app = apps.load(args.app)
+    app = apps.load(args.app)  # first: the app picks TensorFlow's CPU kernels
     with tempfile.TemporaryDirectory(prefix=f"epoch-bench-{args.app}-") as tmp:
         data = os.path.join(tmp, "data")
         app.hook("write_demo")(data)
