@@ -6,7 +6,10 @@ rest. Adding an app: that folder, and its name in REGISTERED below. Its package 
 hook paths of App (defaults shown, "module:attribute" within the package):
 
     train.py       APP, and `python <name>/train.py --config ...` (common.launch.run)
-    make_data.py   write_demo(folder): the data set of configs/demo.yaml (scripts/demo.sh)
+    data.py        make_datasets(data_cfg, local_batch, world=None, seed=0) -> (train,
+                   validation) ShardedDatasets, which the Task's make_datasets wraps
+    make_data.py   write_demo(folder): the data set of configs/demo.yaml (the epoch benchmark;
+                   `python -m <name>.make_data --demo DIR` for scripts/demo.sh)
     smoke.py       tiny_args(shipped YAML dict, workdir) -> train.py arguments that run the
                    config in seconds on tiny data written there (tests/test_shipped_configs.py)
     benchmark.py   main(argv) (python scripts/benchmark.py --app NAME) and SCALING, a
@@ -28,6 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @dataclass(frozen=True)
 class App:
+    """What an app declares (its train.py's APP); hook fields name "module:attribute"."""
     name: str                 # package and folder name, as in `--app NAME`
     title: str                # in logs and --help: "CosmoFlow"
     defaults: dict            # config sections added to common.config.COMMON_DEFAULTS
@@ -49,12 +53,6 @@ class App:
     @property
     def train_script(self):
         return os.path.join(REPO, self.name, "train.py")
-
-    @property
-    def configs(self):
-        """Every YAML shipped in the app's configs/ folder, sorted."""
-        folder = os.path.join(REPO, self.name, "configs")
-        return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".yaml"))
 
 
 def load(name):
