@@ -23,15 +23,15 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from common.bench import endless, load_config, measure, print_rates, ratio, stepper, training
+from benchmarks.bench import endless, load_config, measure, print_rates, ratio, stepper, training
+from benchmarks.scaling import ScalingApp
 from common.distributed import init_world
 from common.logs import get_logger
 from common.optimizers import make_optimizer
-from common.scaling import ScalingApp
 from cosmoflow import make_data
 from cosmoflow.data import sample_shape
 from cosmoflow.epochs_bench import compare_epochs
-from cosmoflow.train import DEFAULTS, make_task
+from cosmoflow.train import APP, DEFAULTS, make_task
 
 
 def random_batch(stage, local_batch, rng):
@@ -44,7 +44,7 @@ def random_batch(stage, local_batch, rng):
 
 
 # The scaling mode measures the MLPerf network on 32^3 cubes (1.5M of its 5.6M parameters)
-SCALING = ScalingApp(DEFAULTS, make_task, "cosmoflow/configs/mlperf.yaml", random_batch,
+SCALING = ScalingApp(DEFAULTS, make_task, APP.full_size_config, random_batch,
                      modest=["data.resolution=32"], local_batch=4,
                      overlap=(0.606, "the demo network in 3 buckets of 0.25 MB on 2 ranks of a "
                                      "loaded 2-core CPU, Horovod timeline (README)"))
@@ -52,7 +52,7 @@ SCALING = ScalingApp(DEFAULTS, make_task, "cosmoflow/configs/mlperf.yaml", rando
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="cosmoflow/configs/mlperf.yaml")
+    parser.add_argument("--config", default=APP.full_size_config)
     parser.add_argument("--data-dir", help="real files (default: synthetic files written here)")
     parser.add_argument("--local-batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10,

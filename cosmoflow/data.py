@@ -37,8 +37,9 @@ def sample_shape(data_cfg):
     return (d, d, d, CHANNELS)
 
 
-def make_datasets(data_cfg, local_batch, rank=0, size=1, seed=0, world=None):
-    """(train, validation) ShardedDatasets yielding (x, y, weight) batches for this rank.
+def make_datasets(data_cfg, local_batch, world=None, seed=0):
+    """(train, validation) ShardedDatasets yielding (x, y, weight) batches for this rank of
+    `world` (default: a world of one).
 
     Each reader lists and checks a split's source files, then builds its loader on the paths to
     read: the sources, or their copies when data.stage_dir is set (staging needs the `world`)."""
@@ -47,7 +48,7 @@ def make_datasets(data_cfg, local_batch, rank=0, size=1, seed=0, world=None):
         raise ValueError(f"data.format {data_cfg['format']!r}: expected one of {sorted(readers)}")
     if not os.path.isdir(data_cfg["root"]):
         raise FileNotFoundError(f"data.root {data_cfg['root']}: no such folder")
-    world = world or World(rank, size)
+    world = world or World()
     listed = {split: readers[data_cfg["format"]](data_cfg, split, limit)
               for split, limit in zip(SPLITS, (data_cfg["max_train"], data_cfg["max_val"]))}
     located = stage_inputs(data_cfg, world, {split: files for split, (files, _) in listed.items()},

@@ -8,13 +8,13 @@ seconds include building, tracing, validation and, for the Trainer, its checkpoi
 import os
 import statistics
 
-from common.bench import number, print_rates, spread
-from common.epoch_bench import run_trainer
+from benchmarks.bench import number, print_rates, spread
+from benchmarks.epoch_bench import run_trainer
 from common.optimizers import make_optimizer
-from cosmoflow import train as app
 from cosmoflow.data import SPLITS, first, is_gzip, list_files, split_folder
 from cosmoflow.model import network_spec
 from cosmoflow.reference import fit_reference
+from cosmoflow.train import APP
 
 TRAINER, REFERENCE = "trainer", "keras fit reference"
 
@@ -31,7 +31,7 @@ def compare_epochs(args, stage, world, work):
     epochs = {TRAINER: [], REFERENCE: []}  # per repeat: samples/s of epochs 2..N
     runs = {TRAINER: [], REFERENCE: []}    # per repeat: seconds of the whole run
     for repeat in range(args.repeats):
-        history, setup, seconds = run_trainer(app, args.config, sets, args.epochs,
+        history, setup, seconds = run_trainer(APP, args.config, sets, args.epochs,
                                               os.path.join(work, f"trainer-run{repeat}"), world)
         samples = setup.train_data.steps_per_epoch * setup.global_batch
         epochs[TRAINER].append([samples / r["epoch_s"] for r in history[1:]])

@@ -7,6 +7,7 @@ This file only wires the pieces: config sections and the task (model, data, loss
 import cosmoflow  # noqa: F401  first: its __init__ picks the CPU kernels before TensorFlow loads
 import tensorflow as tf
 
+from common.apps import App
 from common.config import Choice, Range
 from common.launch import run
 from common.trainer import Task
@@ -62,12 +63,16 @@ def make_task(cfg):
     return Task(
         build_model=lambda stage: build_model(stage.model, sample_shape(stage.data)),
         make_datasets=lambda stage, local_batch, world, seed: make_datasets(
-            stage.data, local_batch, seed=seed, world=world),
+            stage.data, local_batch, world, seed),
         loss=mse,
         metrics={"mae": mae, **{f"mae_{name}": target_mae(i) for i, name in enumerate(TARGETS)}},
         sample_pixels=lambda stage: sample_shape(stage.data)[0] ** 3,
     )
 
 
+APP = App("cosmoflow", "CosmoFlow", DEFAULTS, make_task, onednn=True,
+          single_stage_config="cosmoflow/configs/demo_full_only.yaml",
+          full_size_config="cosmoflow/configs/mlperf.yaml")
+
 if __name__ == "__main__":
-    run(DEFAULTS, make_task, "CosmoFlow")
+    run(APP.defaults, APP.make_task, APP.title)

@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from common.bench import endless, load_config, measure, print_rates, ratio, stepper, training
+from benchmarks.bench import endless, load_config, measure, print_rates, ratio, stepper, training
+from benchmarks.scaling import ScalingApp
 from common.distributed import init_world
-from common.scaling import ScalingApp
 from deepcam import convert, data, make_data
-from deepcam.train import DEFAULTS, make_task
+from deepcam.train import APP, DEFAULTS, make_task
 
 NETS = {"full": {"width": 1.0, "middle_blocks": 16},   # the reference network
         "thin": {"width": 0.25, "middle_blocks": 4}}
@@ -37,7 +37,7 @@ def random_batch(stage, local_batch, rng):
 
 
 # The scaling mode measures the thin network on 96x144 fields; the full one is the config's.
-SCALING = ScalingApp(DEFAULTS, make_task, "deepcam/configs/mlperf.yaml", random_batch,
+SCALING = ScalingApp(DEFAULTS, make_task, APP.full_size_config, random_batch,
                      modest=["model.width=0.25", "model.middle_blocks=4", "data.shape=[96,144]"],
                      local_batch=2,
                      overlap=(0.192, "the demo network in 5 buckets of 0.25 MB on 2 ranks of a "
@@ -46,7 +46,7 @@ SCALING = ScalingApp(DEFAULTS, make_task, "deepcam/configs/mlperf.yaml", random_
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="deepcam/configs/mlperf.yaml")
+    p.add_argument("--config", default=APP.full_size_config)
     p.add_argument("--data-dir", help="HDF5 root (default: synthetic samples written here)")
     p.add_argument("--shape", type=int, nargs=2, default=[768, 1152], metavar=("H", "W"))
     p.add_argument("--samples", type=int, default=8, help="synthetic training samples")

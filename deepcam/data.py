@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.data import ShardedDataset
+from common.distributed import World
 from common.hdf5 import H5Reader, h5_shapes, open_h5
 from common.staging import SplitFiles, stage_inputs
 from deepcam.h5io import DATA, LABELS
@@ -26,9 +27,10 @@ from deepcam.h5io import DATA, LABELS
 SPLITS = ("train", "validation")
 
 
-def make_datasets(data_cfg, local_batch, world, seed):
-    """(train, validation) ShardedDatasets of (x (H, W, C), labels (h, w) int32, weight), read
-    from data.stage_dir when it is set."""
+def make_datasets(data_cfg, local_batch, world=None, seed=0):
+    """(train, validation) ShardedDatasets of (x (H, W, C), labels (h, w) int32, weight) for
+    this rank of `world` (default: a world of one), read from data.stage_dir when it is set."""
+    world = world or World()
     listed = {split: READERS[data_cfg["format"]](data_cfg, split, limit)
               for split, limit in zip(SPLITS, (data_cfg["max_train"], data_cfg["max_val"]))}
     located = stage_inputs(data_cfg, world, {split: files for split, (files, _) in listed.items()},

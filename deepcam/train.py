@@ -7,6 +7,7 @@ This file only wires the pieces: config sections and the task (model, data, loss
 import os
 
 import deepcam  # noqa: F401  first: its __init__ picks the CPU kernels before TensorFlow loads
+from common.apps import App
 from common.config import Choice, Range
 from common.launch import run
 from common.trainer import Task
@@ -65,5 +66,9 @@ def preview(cfg):
     return write
 
 
+APP = App("deepcam", "DeepCAM", DEFAULTS, make_task, onednn=True,
+          single_stage_config="deepcam/configs/full_only.yaml",
+          full_size_config="deepcam/configs/mlperf.yaml")
+
 if __name__ == "__main__":
-    run(DEFAULTS, make_task, "DeepCAM")
+    run(APP.defaults, APP.make_task, APP.title)

@@ -13,12 +13,12 @@ import tempfile
 
 import numpy as np
 
-from common.bench import endless, load_config, measure, print_rates, ratio, stepper, training
+from benchmarks.bench import endless, load_config, measure, print_rates, ratio, stepper, training
+from benchmarks.scaling import ScalingApp
 from common.distributed import init_world
-from common.scaling import ScalingApp
 from common.steps import make_eval_step
 from edsr import data, make_data
-from edsr.train import DEFAULTS, make_task
+from edsr.train import APP, DEFAULTS, make_task
 
 NETS = {"seed": {"layers": 16, "filters": 256}, "thin": {"layers": 4, "filters": 32}}
 
@@ -34,14 +34,14 @@ def random_batch(stage, local_batch, rng):
 
 # The scaling mode measures the thin network at the seed's 32x32 crops and local batch 16 (the
 # seed's whole batch on each rank); the full network is the seed's 16 x 256.
-SCALING = ScalingApp(DEFAULTS, make_task, "edsr/configs/seed.yaml", random_batch,
+SCALING = ScalingApp(DEFAULTS, make_task, APP.full_size_config, random_batch,
                      modest=[f"model.{key}={value}" for key, value in NETS["thin"].items()],
                      local_batch=16)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="edsr/configs/seed.yaml")
+    p.add_argument("--config", default=APP.full_size_config)
     p.add_argument("--data-dir", help="image root (default: a synthetic set written here)")
     p.add_argument("--shape", type=int, nargs=2, default=[312, 640], metavar=("ROWS", "COLS"),
                    help="image size of the synthetic set")

@@ -15,6 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from common.data import ShardedDataset
+from common.distributed import World
 from common.faults import fault_point
 from common.staging import SplitFiles, stage_inputs
 
@@ -139,8 +140,10 @@ def staged_pairs(data_cfg, world, ids):
             for split, names in ids.items()}
 
 
-def make_datasets(data_cfg, local_batch, world, seed):
-    """(train crops, validation full images) ShardedDatasets of (x, y=[HR, LR], weight)."""
+def make_datasets(data_cfg, local_batch, world=None, seed=0):
+    """(train crops, validation full images) ShardedDatasets of (x, y=[HR, LR], weight) for this
+    rank of `world` (default: a world of one)."""
+    world = world or World()
     crop = data_cfg["crop"]
     if crop > min(data_cfg["num_rows"], data_cfg["num_cols"]):
         raise ValueError(f"data.crop {crop} is larger than the {data_cfg['num_cols']}x"

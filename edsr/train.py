@@ -8,6 +8,7 @@ This file only wires the pieces: config sections and the task (model, data, loss
 import os
 import sys
 
+from common.apps import App
 from common.config import Choice, Range
 from common.launch import run
 from common.trainer import Task
@@ -71,5 +72,9 @@ def preview(cfg):
     return write
 
 
+APP = App("edsr", "EDSR", DEFAULTS, make_task,
+          single_stage_config="edsr/configs/single_stage.yaml",
+          full_size_config="edsr/configs/seed.yaml")
+
 if __name__ == "__main__":
-    run(DEFAULTS, make_task, "EDSR", translate(sys.argv[1:], "EDSR"))
+    run(APP.defaults, APP.make_task, APP.title, translate(sys.argv[1:], APP.title))

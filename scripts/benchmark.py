@@ -1,10 +1,11 @@
 """Throughput of an app on this machine: python scripts/benchmark.py --app APP [options].
 
-APP is cosmoflow, deepcam or edsr; `--app APP --help` lists that app's options (its
-<app>/benchmark.py). Every figure is a median over repeats measured round-robin in one run.
+APP is a registered app (common/apps.py: cosmoflow, deepcam, edsr); `--app APP --help` lists
+that app's options (its <app>/benchmark.py). Every figure is a median over repeats measured
+round-robin in one run.
 
-    --scaling        throughput at 1 and 2 ranks and one allreduce (common/scaling.py)
-    --model-scaling  predicted efficiency on a GPU cluster (common/scaling_model.py)
+    --scaling        throughput at 1 and 2 ranks and one allreduce (benchmarks/scaling.py)
+    --model-scaling  predicted efficiency on a GPU cluster (benchmarks/scaling_model.py)
 """
 import argparse
 import importlib
@@ -12,22 +13,22 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
-APPS = ("cosmoflow", "deepcam", "edsr")
+from common import apps  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
-    parser.add_argument("--app", choices=APPS, default="cosmoflow")
+    parser.add_argument("--app", choices=apps.REGISTERED, default="cosmoflow")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--scaling", action="store_true")
     mode.add_argument("--model-scaling", action="store_true")
     args, rest = parser.parse_known_args(argv)
-    importlib.import_module(args.app)  # first: the app picks TensorFlow's CPU kernels
+    app = apps.load(args.app)  # first: the app picks TensorFlow's CPU kernels
     if args.scaling:
-        return importlib.import_module("common.scaling").main(args.app, rest)
+        return importlib.import_module("benchmarks.scaling").main(args.app, rest)
     if args.model_scaling:
-        return importlib.import_module("common.scaling_model").main(args.app, rest)
-    return importlib.import_module(f"{args.app}.benchmark").main(rest)
+        return importlib.import_module("benchmarks.scaling_model").main(args.app, rest)
+    return app.hook("benchmark")(rest)
 
 
 if __name__ == "__main__":

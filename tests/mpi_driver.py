@@ -5,18 +5,20 @@ many times the training steps were traced and whether TensorFlow's deterministic
 
     python tests/mpi_driver.py APP DUMP_DIR --config FILE [train.py options]
 """
-import importlib
 import json
 import sys
 
-import numpy as np
-from tensorflow.python.framework import config as tf_config
+from common import apps
 
-from common import trainer as trainer_module
-from common.launch import run
-from common.trainer import Trainer
+app = apps.load(sys.argv[1])  # first: the app picks TensorFlow's CPU kernels
 
-app = importlib.import_module(f"{sys.argv[1]}.train")
+import numpy as np  # noqa: E402
+from tensorflow.python.framework import config as tf_config  # noqa: E402
+
+from common import trainer as trainer_module  # noqa: E402
+from common.launch import run  # noqa: E402
+from common.trainer import Trainer  # noqa: E402
+
 dump_dir, argv = sys.argv[2], sys.argv[3:]
 build, fit = Trainer._build, Trainer.fit
 make_train_step, train_steps = trainer_module.make_train_step, []
@@ -46,4 +48,4 @@ def fit_and_dump(self):
 
 Trainer._build, Trainer.fit = build_and_dump, fit_and_dump
 trainer_module.make_train_step = make_and_count
-run(app.DEFAULTS, app.make_task, sys.argv[1], argv)
+run(app.defaults, app.make_task, app.title, argv)

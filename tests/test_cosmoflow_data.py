@@ -11,6 +11,7 @@ import tensorflow as tf
 import yaml
 
 import cosmoflow.make_data as gen
+from common.distributed import World
 from cosmoflow.data import make_datasets, sample_shape
 
 D = 16
@@ -89,7 +90,7 @@ def test_two_ranks_see_every_validation_sample_once(roots, fmt):
     everything = read_all(make_datasets(cfg, local_batch=2)[1])[0]
     seen, batch_counts = [], []
     for rank in (0, 1):
-        val = make_datasets(cfg, local_batch=2, rank=rank, size=2)[1]
+        val = make_datasets(cfg, local_batch=2, world=World(rank, 2))[1]
         batch_counts.append(len(list(val.epoch(0))))
         x, _, w = read_all(val)
         seen += [fingerprint(cube) for cube, weight in zip(x, w) if weight == 1.0]
@@ -99,7 +100,7 @@ def test_two_ranks_see_every_validation_sample_once(roots, fmt):
 
 def test_two_ranks_train_on_disjoint_samples(roots):
     cfg = data_cfg("hdf5", roots["hdf5"])
-    per_rank = [{fingerprint(c) for c in read_all(make_datasets(cfg, 1, rank, 2)[0])[0]}
+    per_rank = [{fingerprint(c) for c in read_all(make_datasets(cfg, 1, World(rank, 2))[0])[0]}
                 for rank in (0, 1)]
     assert len(per_rank[0]) == len(per_rank[1]) == N_TRAIN // 2
     assert not per_rank[0] & per_rank[1]

@@ -1,6 +1,6 @@
 """Each app's CPU kernels as users start it: CosmoFlow and DeepCAM ask for oneDNN before
-TensorFlow loads (python -m, the script path and the benchmark entry), EDSR keeps TensorFlow's
-choice, and the user's TF_ENABLE_ONEDNN_OPTS always wins."""
+TensorFlow loads (python -m, the script path, the benchmark entry and the epoch benchmark), EDSR
+keeps TensorFlow's choice, and the user's TF_ENABLE_ONEDNN_OPTS always wins."""
 import os
 import subprocess
 import sys
@@ -31,6 +31,12 @@ def as_script(app):
             "except SystemExit:\n    pass")
 
 
+def as_module(module, *argv):
+    """`python -m module argv...`: the module runs as __main__ in this process."""
+    return (f"import runpy, sys\nsys.argv = [{module!r}, *{list(argv)!r}]\n"
+            f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
+
+
 def test_three_d_and_segmentation_apps_run_onednn_unless_the_user_says_no():
     assert onednn_after(as_script("cosmoflow"))
     assert onednn_after(as_script("deepcam"))
@@ -38,6 +44,13 @@ def test_three_d_and_segmentation_apps_run_onednn_unless_the_user_says_no():
                       "\n    scripts.benchmark.main(['--app', 'cosmoflow', '--help'])")
     assert onednn_after(benchmark_help)
     assert not onednn_after("import cosmoflow.train", TF_ENABLE_ONEDNN_OPTS="0")
+
+
+def test_the_epoch_benchmark_loads_its_app_before_tensorflow(tmp_path):
+    # No setting to measure: it loads the app and writes its demo data, and nothing trains.
+    bench = as_module("benchmarks.epoch_bench", "--app", "cosmoflow", "--settings")
+    assert onednn_after(bench, TMPDIR=str(tmp_path))
+    assert not list(tmp_path.iterdir())  # its demo data is removed
 
 
 def test_edsr_keeps_tensorflows_choice_and_a_late_request_changes_nothing():

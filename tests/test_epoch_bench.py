@@ -10,7 +10,7 @@ LINE = (r"  {name}\s+([0-9.]+) samples/s\s+\[([0-9.]+) - ([0-9.]+)\]"
 
 
 def test_every_setting_is_measured_over_whole_epochs(tmp_path):
-    result = run_ranks(1, ["-m", "common.epoch_bench", "--app", "cosmoflow", "--epochs", "2",
+    result = run_ranks(1, ["-m", "benchmarks.epoch_bench", "--app", "cosmoflow", "--epochs", "2",
                            "--repeats", "1", "--set", "data.max_train=8",
                            "--set", "data.max_val=4", "--set", "model.width_scale=0.0625",
                            "--set", "train.local_batch=2"],

@@ -10,7 +10,7 @@ from conftest import REPO, run_ranks
 from common.config import BUCKET_MB_DEFAULT, COMMON_DEFAULTS, ConfigError, apply_override
 from common.config import merge_defaults, resolve
 from common.grad_buckets import BUCKET_NAME, plan_buckets
-from common.overlap import bucket_steps, load_events, overlap_report, start_epoch_us
+from benchmarks.overlap import bucket_steps, load_events, overlap_report, start_epoch_us
 
 DRIVER = REPO / "tests" / "bucket_driver.py"
 EARLY = 0.25  # how far ahead of the backward pass's end the first bucket goes, in steps
@@ -95,8 +95,8 @@ def test_overlap_report_reads_enqueue_times_and_fractions_from_the_timeline():
 
 
 def test_scaling_model_says_which_overlap_fraction_it_used():
-    from common.scaling import load_app
-    from common.scaling_model import efficiency, overlap_fraction, parse_args, predict
+    from benchmarks.scaling import load_app
+    from benchmarks.scaling_model import efficiency, overlap_fraction, parse_args, predict
     assert overlap_fraction((0.4, "timeline"), None, 1, 2) == (0.4, "measured: timeline")
     assert overlap_fraction((0.4, "timeline"), 0.1, 1, 2)[0] == 0.1
     fraction, source = overlap_fraction(None, None, 1, 2)

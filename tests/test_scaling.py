@@ -66,7 +66,7 @@ def test_scaling_mode_prints_consistent_figures(app):
 
 
 def test_ring_allreduce_matches_hand_computation():
-    from common.scaling_model import ring_allreduce_seconds
+    from benchmarks.scaling_model import ring_allreduce_seconds
     # 100 MB over 4 ranks at 25 GB/s and 5 us: 2*3/4 * 100e6 / 25e9 + 2*3 * 5e-6
     assert ring_allreduce_seconds(100e6, 4, 25e9, 5e-6) == pytest.approx(6.0e-3 + 30e-6)
     # 1024 ranks: 2*1023/1024 * 100e6 / 25e9 + 2*1023 * 5e-6
@@ -76,7 +76,7 @@ def test_ring_allreduce_matches_hand_computation():
 
 
 def test_efficiency_with_and_without_overlap():
-    from common.scaling_model import efficiency
+    from benchmarks.scaling_model import efficiency
     assert efficiency(30e-3, 10e-3) == pytest.approx(0.75)
     assert efficiency(30e-3, 10e-3, overlappable=20e-3) == 1.0
     assert efficiency(30e-3, 10e-3, overlappable=4e-3) == pytest.approx(30 / 36)
@@ -84,7 +84,7 @@ def test_efficiency_with_and_without_overlap():
 
 def test_training_flops_match_hand_count():
     import tensorflow as tf
-    from common.scaling_model import training_flops
+    from benchmarks.scaling_model import training_flops
     inputs = tf.keras.Input((5, 6, 2))
     x = tf.keras.layers.Conv2D(4, 3, padding="same")(inputs)
     outputs = tf.keras.layers.Dense(3)(tf.keras.layers.Flatten()(x))
@@ -97,9 +97,9 @@ def test_training_flops_match_hand_count():
 
 
 def test_model_counts_parameters_and_gradient_of_the_built_network():
-    from common.bench import load_config
-    from common.scaling import load_app
-    from common.scaling_model import parse_args, predict, ring_allreduce_seconds
+    from benchmarks.bench import load_config
+    from benchmarks.scaling import load_app
+    from benchmarks.scaling_model import parse_args, predict, ring_allreduce_seconds
     sets = ["data.resolution=16", "model.width_scale=0.125"]
     args = parse_args([f"--set={kv}" for kv in sets] + ["--gpus", "4", "64", "--latency-us", "7"])
     r = predict("cosmoflow", args)
@@ -124,7 +124,7 @@ def test_model_counts_parameters_and_gradient_of_the_built_network():
 
 
 def test_strong_scaling_config_puts_its_global_batch_on_one_gpu():
-    from common.scaling_model import full_size_local_batch
+    from benchmarks.scaling_model import full_size_local_batch
     assert full_size_local_batch({"scaling": "strong", "global_batch": 16,
                                   "local_batch": 8}) == 16
     assert full_size_local_batch({"scaling": "weak", "global_batch": None,

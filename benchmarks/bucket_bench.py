@@ -1,7 +1,8 @@
 """Gradient averaging variants timed on the app's demo-size training step, on every rank of an
 mpiexec run (one thread per rank, each rank its own in-memory batch):
 
-    mpiexec -n 2 python -m common.bucket_bench APP [--bucket-mb 0.25 1] [--steps 20] [--repeats 5]
+    mpiexec -n 2 python -m benchmarks.bucket_bench APP [--bucket-mb 0.25 1] [--steps 20]
+        [--repeats 5]
 
 - one group: every gradient in one grouped allreduce after the backward pass, the loss in it
   (horovod.bucket_mb 0);
@@ -13,7 +14,7 @@ mpiexec run (one thread per rank, each rank its own in-memory batch):
 
 Variants alternate within every repeat, so a noisy neighbour slows them alike; rank 0 prints
 each one's trace time and ms per step (median [min - max] over repeats). How far the buckets
-overlap the backward pass: a training run's Horovod timeline, read by common/overlap.py.
+overlap the backward pass: a training run's Horovod timeline, read by benchmarks/overlap.py.
 """
 import argparse
 import dataclasses
@@ -24,11 +25,10 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from common.bench import load_config, measure, spread
+from benchmarks.bench import load_config, measure, spread
+from common import apps
 from common.steps import make_train_step, weighted_mean
 
-DEMO = {"cosmoflow": "cosmoflow/configs/demo_full_only.yaml",
-        "deepcam": "deepcam/configs/full_only.yaml", "edsr": "edsr/configs/single_stage.yaml"}
 
 
 def reference_step(model, optimizer, loss_fn, world, per_variable):
@@ -70,21 +70,21 @@ def variants(task, stage, world, bucket_mbs):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("app", choices=sorted(DEMO))
+    p.add_argument("app", choices=apps.REGISTERED)
     p.add_argument("--bucket-mb", type=float, nargs="+", default=[0.25, 1.0])
     p.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--config", help="default: the app's single-stage demo config")
+    p.add_argument("--config", help="default: the app's single-stage config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    from benchmarks.scaling import load_app
     from common.distributed import init_world
-    from common.scaling import load_app
 
     app = load_app(args.app)
     world = init_world()
-    args.config = args.config or DEMO[args.app]
+    args.config = args.config or apps.load(args.app).single_stage_config
     cfg, stage = load_config(app.defaults, args.config, args.set)
     task = app.make_task(cfg)
     batch = [tf.constant(a) for a in app.random_batch(

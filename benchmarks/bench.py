@@ -1,13 +1,14 @@
 """What every app's benchmark (<app>/benchmark.py, run as scripts/benchmark.py --app APP) shares:
 rates measured round-robin in one run, so that a noisy neighbour slows every measurement alike,
-reported as medians with their spread; ratios are medians of per-repeat ratios."""
+reported as medians with their spread; ratios are medians of per-repeat ratios.
+
+Importing it loads no TensorFlow (only `training` does), so a tool can load its app first
+(common/apps.py: the app picks TensorFlow's CPU kernels)."""
 import statistics
 import time
 
 from common.config import COMMON_DEFAULTS, merge_defaults, resolve
 from common.multires import plan_stages
-from common.optimizers import make_optimizer
-from common.steps import make_train_step
 
 
 def measure(fns, steps, repeats):
@@ -78,6 +79,9 @@ def training(task, stage, world, batch_source):
     """fn(n): n training steps as the Trainer runs them with log.every_steps 1 (the loss read
     back after every step) on batches drawn from `batch_source()` (a fixed in-memory batch or
     the next batch from files)."""
+    from common.optimizers import make_optimizer
+    from common.steps import make_train_step
+
     model = task.build_model(stage)
     step = make_train_step(model, make_optimizer(stage.train, stage.train["lr"]["base"]),
                            task.loss, world)

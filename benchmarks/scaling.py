@@ -9,7 +9,6 @@ step for the rank's one core. Weak scaling keeps the local batch; strong scaling
 global batch (1 rank at G, 2 ranks at G/2 each).
 """
 import argparse
-import importlib
 import json
 import os
 import statistics
@@ -20,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from common.bench import print_rates, spread
+from benchmarks.bench import print_rates, spread
+from common import apps
 
 RUN_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
                "OMPI_MCA_rmaps_base_oversubscribe": "1"}
@@ -28,7 +28,8 @@ RUN_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": 
 
 @dataclass
 class ScalingApp:
-    """What an app's benchmark.py hands the scaling mode and the scaling model."""
+    """What an app's benchmark.py hands the scaling mode and the scaling model (its SCALING,
+    the App's `scaling` hook)."""
     defaults: dict
     make_task: Callable
     config: str                  # the full-size (MLPerf or seed) scenario
@@ -36,12 +37,12 @@ class ScalingApp:
     modest: list = field(default_factory=list)  # KEY=VALUE: a size a CPU measures in minutes
     local_batch: int = 4         # measured local batch (the full-size one is the config's)
     # (fraction, source): the step's fraction that gradient averaging overlaps, measured
-    # (common/overlap.py); None: the scaling model assumes the backward pass's FLOPs share
+    # (benchmarks/overlap.py); None: the scaling model assumes the backward pass's FLOPs share
     overlap: tuple = None
 
 
 def load_app(name):
-    return importlib.import_module(f"{name}.benchmark").SCALING
+    return apps.load(name).hook("scaling")
 
 
 def parse_args(argv):
@@ -86,7 +87,7 @@ def launch(app_name, ranks, batches, out, args, independent):
         env.update(RUN_AS_ROOT)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
-    child = [sys.executable, "-m", "common.scaling", app_name, out,
+    child = [sys.executable, "-m", "benchmarks.scaling", app_name, out,
              "--batches", *map(str, batches), "--steps", str(args.steps),
              "--repeats", str(args.repeats), "--allreduce-repeats", str(args.allreduce_repeats),
              "--threads", str(args.threads)] + [f"--set={kv}" for kv in args.set]
@@ -168,16 +169,16 @@ def child(argv):
         p.add_argument(f"--{name}", type=int)
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args(argv)
+    app = load_app(args.app)  # first: the app picks TensorFlow's CPU kernels
 
     import numpy as np
     import tensorflow as tf
     # Before any op runs: one rank, `threads` cores, so two ranks do not share one.
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    from common.bench import load_config, measure, training
+    from benchmarks.bench import load_config, measure, training
     from common.distributed import World, init_world
 
-    app = load_app(args.app)
     cfg, stage = load_config(app.defaults, app.config, app.modest + args.set)
     world = init_world(cfg["horovod"])  # the gradient buckets as configured
     task = app.make_task(cfg)

@@ -14,7 +14,7 @@ a local batch and a node count.
   grouped allreduce after the backward pass, horovod.bucket_mb 0); with overlap the allreduce
   hides behind an overlappable fraction of the step and only its excess is exposed. That
   fraction is the app's measured one (ScalingApp.overlap: from a Horovod timeline of gradient
-  buckets started during the backward pass, common/overlap.py), --overlap-fraction, or else the
+  buckets started during the backward pass, benchmarks/overlap.py), --overlap-fraction, or else the
   backward pass's share of the step's FLOPs (about 2/3, what per-tensor allreduces started the
   moment each gradient appears could reach); the output says which.
 """
@@ -24,7 +24,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from common.bench import load_config
+from benchmarks.bench import load_config
 
 DEVICES = {"a100": ("A100 TF32 dense", 156.0), "h100": ("H100 SXM TF32 dense", 495.0)}
 
@@ -159,7 +159,7 @@ def overlap_fraction(measured, given, forward, backward):
 
 def predict(app, args):
     """The model's figures for one app, as a dict (printed by main)."""
-    from common.scaling import load_app
+    from benchmarks.scaling import load_app
     spec = load_app(app)
     cfg, stage = load_config(spec.defaults, spec.config, args.set)
     with tf.device("/CPU:0"):

@@ -1,7 +1,7 @@
 """How far gradient averaging overlaps the backward pass, read from a Horovod timeline (config
 `horovod.timeline`, written by rank 0 under the output folder):
 
-    python -m common.overlap runs/out/timeline.json [--skip 2]
+    python -m benchmarks.overlap runs/out/timeline.json [--skip 2]
 
 Every gradient bucket (common.grad_buckets) is one named grouped allreduce; Horovod writes when
 rank 0 enqueued it (the start of its NEGOTIATE_ALLREDUCE) and when its ALLREDUCE ran. The last
@@ -9,7 +9,7 @@ bucket holds the first layers' gradients, the last ones the backward pass comput
 marks the end of the backward pass. Per step, the window from the earliest enqueue to the last
 bucket's is the time communication can run behind the backward pass; as a fraction of the
 step (from one step's first enqueue to the next's) it is the overlappable fraction that the
-scaling model (common/scaling_model.py) takes. Analyse a run of one stage: steps are matched by
+scaling model (benchmarks/scaling_model.py) takes. Analyse a run of one stage: steps are matched by
 the order of each bucket's allreduces.
 """
 import argparse

@@ -1,32 +1,28 @@
 """Step-speed settings measured the way users train: whole epochs of the Trainer, several of them,
 each setting in turn, round-robin over repeats so that a noisy neighbour slows them alike.
 
-    python -m common.epoch_bench --app cosmoflow [--epochs 4] [--repeats 3]
+    python -m benchmarks.epoch_bench --app cosmoflow [--epochs 4] [--repeats 3]
 
-Trains the app's single-stage demo config (its demo data is written to a temporary folder) once
-per setting and repeat, on one process, and reports per setting the median [min - max] of the
-training samples/s of every epoch after the first (the first holds the trace), the ratio to the
-default Trainer (median of per-repeat ratios), and the last validation metric. Keras `model.fit`
-on the same network, data, batch and optimizer is the reference a user would reach for first.
+Trains the app's single-stage config (App.single_stage_config, common/apps.py) on its demo data
+(written to a temporary folder) once per setting and repeat, on one process, and reports per
+setting the median [min - max] of the training samples/s of every epoch after the first (the
+first holds the trace), the ratio to the default Trainer (median of per-repeat ratios), and the
+last validation metric. Keras `model.fit` on the same network, data, batch and optimizer is the
+reference a user would reach for first.
+
+TensorFlow is imported by the functions that train, after main has loaded the app: the app picks
+TensorFlow's CPU kernels before TensorFlow loads (common/cpu_kernels.py), as when users train.
 """
 import argparse
-import importlib
 import logging
 import os
 import statistics
 import tempfile
 import time
 
-import tensorflow as tf
+from benchmarks.bench import load_config, number, spread
+from common import apps
 
-from common.bench import load_config, number, spread
-from common.distributed import World
-from common.optimizers import make_optimizer
-from common.trainer import Trainer
-
-SINGLE_STAGE = {"cosmoflow": "cosmoflow/configs/demo_full_only.yaml",
-                "deepcam": "deepcam/configs/full_only.yaml",
-                "edsr": "edsr/configs/single_stage.yaml"}
 SETTINGS = {  # name -> config assignments (None: Keras model.fit)
     "trainer (defaults)": [],
     "loss read back every step": ["log.every_steps=1"],
@@ -49,8 +45,12 @@ def trainer_run(app, config, sets, epochs, out):
 def run_trainer(app, config, sets, epochs, out, world=None):
     """(epoch records, last stage's setup, seconds of the whole run) of the Trainer on the
     config with `sets`, every stage `epochs` long."""
+    import tensorflow as tf
+    from common.distributed import World
+    from common.trainer import Trainer
+
     start = time.perf_counter()
-    cfg, _ = load_config(app.DEFAULTS, config, sets + [f"output_dir={out}"], {"epochs": epochs})
+    cfg, _ = load_config(app.defaults, config, sets + [f"output_dir={out}"], {"epochs": epochs})
     tf.keras.utils.set_random_seed(cfg["seed"])
     logger = logging.getLogger("epoch_bench")
     logger.setLevel(logging.WARNING)
@@ -61,7 +61,11 @@ def run_trainer(app, config, sets, epochs, out, world=None):
 
 def keras_fit_run(app, config, sets, epochs, out):
     """The same network, data, batch and optimizer (constant LR) trained by model.fit."""
-    cfg, stage = load_config(app.DEFAULTS, config, sets + [f"output_dir={out}"],
+    import tensorflow as tf
+    from common.distributed import World
+    from common.optimizers import make_optimizer
+
+    cfg, stage = load_config(app.defaults, config, sets + [f"output_dir={out}"],
                              {"epochs": epochs})
     tf.keras.utils.set_random_seed(cfg["seed"])
     task = app.make_task(cfg)
@@ -79,7 +83,7 @@ def keras_fit_run(app, config, sets, epochs, out):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--app", choices=sorted(SINGLE_STAGE), default="cosmoflow")
+    parser.add_argument("--app", choices=apps.REGISTERED, default="cosmoflow")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--settings", nargs="*", choices=list(SETTINGS), default=list(SETTINGS),
@@ -87,10 +91,10 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config overrides for every setting (e.g. smaller data or network)")
     args = parser.parse_args(argv)
-    app = importlib.import_module(f"{args.app}.train")
+    app = apps.load(args.app)  # first: the app picks TensorFlow's CPU kernels
     with tempfile.TemporaryDirectory(prefix=f"epoch-bench-{args.app}-") as tmp:
         data = os.path.join(tmp, "data")
-        importlib.import_module(f"{args.app}.make_data").write_demo(data)
+        app.hook("write_demo")(data)
         sets = [f"data.root={data}", "log.progress=false", *args.set]
         rates = {name: [] for name in args.settings}
         last = {}
@@ -98,16 +102,16 @@ def main(argv=None):
             for name in args.settings:
                 run = keras_fit_run if SETTINGS[name] is None else trainer_run
                 out = os.path.join(tmp, f"run{repeat}-{len(rates[name])}-{hash(name)}")
-                epoch_rates, last[name] = run(app, SINGLE_STAGE[args.app],
+                epoch_rates, last[name] = run(app, app.single_stage_config,
                                               sets + (SETTINGS[name] or []), args.epochs, out)
                 rates[name].append(statistics.median(epoch_rates))
                 rates.setdefault(f"{name} (epochs)", []).extend(epoch_rates)
-    report(args, rates, last)
+    report(args, app.single_stage_config, rates, last)
     return rates
 
 
-def report(args, rates, last):
-    print(f"{args.app}: {SINGLE_STAGE[args.app]}, {args.epochs} epochs x {args.repeats} repeats,"
+def report(args, config, rates, last):
+    print(f"{args.app}: {config}, {args.epochs} epochs x {args.repeats} repeats,"
           " 1 process; samples/s of the epochs after the first")
     base = rates.get("trainer (defaults)")
     for name in args.settings:
