@@ -23,7 +23,7 @@ ride in the last bucket, so a step needs no collective of its own for them.
 """
 import tensorflow as tf
 
-BUCKET_NAME = "gradient_bucket_"  # the Horovod op and timeline name prefix (common.overlap)
+BUCKET_NAME = "gradient_bucket_"  # the Horovod op and timeline name prefix (benchmarks.overlap)
 
 
 def plan_buckets(sizes, bucket_bytes):

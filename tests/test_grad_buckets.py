@@ -1,5 +1,5 @@
 """Gradient buckets (common/grad_buckets.py), the timeline analysis of their overlap
-(common/overlap.py) and the scaling model's overlappable fraction; on 2 ranks: the buckets
+(benchmarks/overlap.py) and the scaling model's overlappable fraction; on 2 ranks: the buckets
 start during the backward pass and train exactly as one group."""
 import json
 
