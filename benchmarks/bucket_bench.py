@@ -22,18 +22,19 @@ import statistics
 import sys
 import time
 
-import numpy as np
-import tensorflow as tf
-
 from benchmarks.bench import load_config, measure, spread
 from common import apps
-from common.steps import make_train_step, weighted_mean
 
+# TensorFlow (and what imports it) loads in main, after the app: CosmoFlow and DeepCAM pick
+# TensorFlow's CPU kernels when they load, so the step timed is the one their training runs.
 
 
 def reference_step(model, optimizer, loss_fn, world, per_variable):
     """The step with the loss in an allreduce of its own; `per_variable`: gradients through
     Horovod's DistributedGradientTape, otherwise one group."""
+    import tensorflow as tf
+
+    from common.steps import weighted_mean
     hvd = world.hvd
 
     @tf.function(reduce_retracing=True)
@@ -53,6 +54,7 @@ def reference_step(model, optimizer, loss_fn, world, per_variable):
 def variants(task, stage, world, bucket_mbs):
     """name -> a fresh model's training step (each its own model and optimizer)."""
     from common.optimizers import make_optimizer
+    from common.steps import make_train_step
 
     def fresh():
         return task.build_model(stage), make_optimizer(stage.train, stage.train["lr"]["base"])
@@ -77,6 +79,10 @@ def main(argv=None):
     p.add_argument("--config", help="default: the app's single-stage config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
+    app_info = apps.load(args.app)  # first: the app picks TensorFlow's CPU kernels
+    import numpy as np
+    import tensorflow as tf
+
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from benchmarks.scaling import load_app
@@ -84,7 +90,7 @@ def main(argv=None):
 
     app = load_app(args.app)
     world = init_world()
-    args.config = args.config or apps.load(args.app).single_stage_config
+    args.config = args.config or app_info.single_stage_config
     cfg, stage = load_config(app.defaults, args.config, args.set)
     task = app.make_task(cfg)
     batch = [tf.constant(a) for a in app.random_batch(

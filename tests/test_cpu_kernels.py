@@ -1,6 +1,6 @@
 """Each app's CPU kernels as users start it: CosmoFlow and DeepCAM ask for oneDNN before
-TensorFlow loads (python -m, the script path, the benchmark entry and the epoch benchmark), EDSR
-keeps TensorFlow's choice, and the user's TF_ENABLE_ONEDNN_OPTS always wins."""
+TensorFlow loads (python -m, the script path, the benchmark entry, the epoch and bucket
+benchmarks), EDSR keeps TensorFlow's choice, and the user's TF_ENABLE_ONEDNN_OPTS always wins."""
 import os
 import subprocess
 import sys
@@ -61,3 +61,9 @@ def test_edsr_keeps_tensorflows_choice_and_a_late_request_changes_nothing():
             "assert 'TF_ENABLE_ONEDNN_OPTS' not in os.environ")
     assert onednn_after(late) == default
 
+
+
+def test_the_bucket_benchmark_imports_tensorflow_only_after_its_app():
+    # Its main loads the app first; nothing it imports at module level may load TensorFlow.
+    code = "import sys, benchmarks.bucket_bench\nassert 'tensorflow' not in sys.modules"
+    assert onednn_after(code) == tensorflow_default()
