@@ -205,7 +205,28 @@ def load_preset(path, app, name):
     if name not in presets[app]:
         raise SystemExit(f"multires_study.py: no preset {name!r} for {app} in {path} "
                          f"(presets: {', '.join(presets[app])})")
-    return presets[app][name]
+    return {**presets[app][name], "name": name}
+
+
+def check_plans(app_name, preset, data_dir):
+    """Resolve every plan's config as its runs will, so that a bad file, key or value in a preset
+    stops the study before any data is written or any run trained, naming the plan."""
+    from benchmarks.bench import load_config
+    from common import apps
+    from common.config import ConfigError, build_parser
+
+    app = apps.load(app_name)  # (its CPU-kernel choice is the one its runs make themselves)
+    for plan, (config, *overrides) in preset["plans"].items():
+        args = build_parser("").parse_args(["--config", os.path.join(ROOT, config),
+                                            "--data-dir", data_dir,
+                                            *preset.get("common", []), *overrides])
+        flags = {name: value for name, value in vars(args).items()
+                 if name not in ("config", "set")}
+        try:
+            load_config(app.defaults, args.config, args.set, flags)
+        except ConfigError as err:
+            raise SystemExit(f"multires_study.py: plan {plan!r} of preset "
+                             f"{app_name}/{preset['name']}: {err}") from None
 
 
 def main(argv=None):
@@ -214,6 +235,7 @@ def main(argv=None):
     seeds = args.seeds or preset["seeds"]
     out = os.path.abspath(args.out or os.path.join(ROOT, "runs", f"study-{args.app}-{args.preset}"))
     data_dir = os.path.join(out, "data")
+    check_plans(args.app, preset, data_dir)
     make_data(preset, data_dir)
     runs = {plan: [] for plan in preset["plans"]}
     for seed in seeds:  # plans interleaved, so machine noise spreads over all of them

@@ -4,6 +4,7 @@ import json
 
 import matplotlib.image
 import pytest
+import yaml
 
 import multires_study as study
 from conftest import REPO
@@ -57,6 +58,28 @@ def test_unknown_app_or_preset_names_the_choices():
         study.load_preset(study.PRESETS, "nope", "small")
     with pytest.raises(SystemExit, match="no preset 'huge' for cosmoflow.*tiny, small"):
         study.load_preset(study.PRESETS, "cosmoflow", "huge")
+
+
+def test_every_shipped_plan_resolves_for_its_app():
+    with open(study.PRESETS) as f:
+        presets = yaml.safe_load(f)
+    for app, named in presets.items():
+        for name in named:
+            study.check_plans(app, study.load_preset(study.PRESETS, app, name), "/data")
+
+
+def test_a_bad_plan_stops_the_study_before_any_data_or_run(tmp_path):
+    with open(study.PRESETS) as f:
+        presets = yaml.safe_load(f)
+    presets["cosmoflow"]["tiny"]["plans"]["multires"] += ["--set", "stages.0.train.lr.rul=none"]
+    path = tmp_path / "presets.yaml"
+    path.write_text(yaml.safe_dump(presets))
+    out = tmp_path / "study"
+    with pytest.raises(SystemExit, match="plan 'multires' of preset cosmoflow/tiny: unknown "
+                                         "config key 'stages.0.train.lr.rul'"):
+        study.main(["--app", "cosmoflow", "--preset", "tiny", "--out", str(out),
+                    "--presets", str(path)])
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_tiny_preset_writes_table_plot_and_summary(tmp_path, capsys):
