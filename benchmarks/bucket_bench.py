@@ -1,8 +1,9 @@
 """Gradient averaging variants timed on the app's demo-size training step, on every rank of an
-mpiexec run (one thread per rank, each rank its own in-memory batch):
+mpiexec run (one thread per rank, or two inter-op threads with TF_NUM_INTEROP_THREADS=2; each
+rank its own in-memory batch):
 
     mpiexec -n 2 python -m benchmarks.bucket_bench APP [--bucket-mb 0.25 1] [--steps 20]
-        [--repeats 5]
+        [--repeats 5] [--config YAML] [--set KEY=VALUE]
 
 - one group: every gradient in one grouped allreduce after the backward pass, the loss in it
   (horovod.bucket_mb 0);
@@ -18,6 +19,7 @@ overlap the backward pass: a training run's Horovod timeline, read by benchmarks
 """
 import argparse
 import dataclasses
+import os
 import statistics
 import sys
 import time
@@ -84,7 +86,8 @@ def main(argv=None):
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    if "TF_NUM_INTEROP_THREADS" not in os.environ:  # a second thread lets buckets overlap
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     from benchmarks.scaling import load_app
     from common.distributed import init_world
 
@@ -107,12 +110,14 @@ def main(argv=None):
     if world.is_root:
         model = task.build_model(stage)
         gradient_mb = sum(v.shape.num_elements() * 4 for v in model.trainable_variables) / 2**20
-        report(args, stage, gradient_mb, traced, rates)
+        report(args, stage, gradient_mb, traced, rates, world.size)
 
 
-def report(args, stage, gradient_mb, traced, rates):
+def report(args, stage, gradient_mb, traced, rates, ranks):
+    threads = os.environ.get("TF_NUM_INTEROP_THREADS", "1")
     print(f"{args.app} step ({args.config} {' '.join(args.set)}, local batch "
-          f"{stage.train['local_batch']}, gradient {gradient_mb:.2f} MB), 2 ranks x 1 thread, "
+          f"{stage.train['local_batch']}, gradient {gradient_mb:.2f} MB), {ranks} ranks x 1 "
+          f"intra-op thread x {threads} inter-op, "
           f"{args.steps} steps x {args.repeats} repeats, ms per step median [min - max]:")
     base = rates["one group"]
     for name, values in rates.items():

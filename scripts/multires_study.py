@@ -112,14 +112,27 @@ def breakdown_table(runs, preset):
 
 
 def time_ratio(runs, preset, target):
-    """Median time to target of each plan over the first plan's (None where never reached)."""
-    medians = {}
+    """plan -> {ratio: median time to target over the first plan's, reached: seeds that reached
+    the target, seeds}. Medians are over the seeds that reached it (ratio None where none did):
+    with fewer than all of them a ratio flatters its plan, which `reached` says."""
+    medians, counts = {}, {}
     for plan, plan_runs in runs.items():
         hits = [time_to_target(r, preset["metric"], target, preset["mode"]) for r in plan_runs]
         reached = [h[0] for h in hits if h]
-        medians[plan] = statistics.median(reached) if len(reached) == len(hits) else None
+        medians[plan] = statistics.median(reached) if reached else None
+        counts[plan] = (len(reached), len(hits))
     first = medians[next(iter(runs))]
-    return {plan: (m / first if m and first else None) for plan, m in medians.items()}
+    return {plan: {"ratio": m / first if m and first else None, "reached": counts[plan][0],
+                   "seeds": counts[plan][1]} for plan, m in medians.items()}
+
+
+def ratio_line(ratios):
+    parts = []
+    for plan, r in ratios.items():
+        ratio = "never" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        parts.append(f"{plan} {ratio} ({r['reached']}/{r['seeds']})")
+    return ("\nMedian time to target relative to the first plan (over the seeds that reached "
+            "it): " + ", ".join(parts) + "\n")
 
 
 def plot(runs, preset, target, path):
@@ -252,8 +265,7 @@ def main(argv=None):
                           preset["tolerance"], mode)
     table = study_table(runs, preset, target) + breakdown_table(runs, preset)
     ratios = time_ratio(runs, preset, target)
-    table += "\nMedian time to target relative to the first plan: " + ", ".join(
-        f"{plan} {'n/a' if r is None else f'{r:.2f}x'}" for plan, r in ratios.items()) + "\n"
+    table += ratio_line(ratios)
     with open(os.path.join(out, "study.md"), "w") as f:
         f.write(table)
     with open(os.path.join(out, "study.json"), "w") as f:

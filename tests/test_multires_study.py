@@ -53,6 +53,18 @@ def test_run_summary_and_target():
     assert study.target_value([0.8, 0.9, 0.7], 0.1, "max") == pytest.approx(0.72)
 
 
+def test_time_ratio_is_over_the_seeds_that_reached_and_says_how_many():
+    fast, slow, never = ([rec(0, "main", 0, t, val=v)] for t, v in ((4.0, 0.4), (8.0, 0.4),
+                                                                     (2.0, 0.9)))
+    runs = {"full_only": [slow, slow], "multires": [fast, never], "other": [never, never]}
+    ratios = study.time_ratio(runs, {"metric": "mae", "mode": "min"}, 0.5)
+    assert ratios == {"full_only": {"ratio": 1.0, "reached": 2, "seeds": 2},
+                      "multires": {"ratio": 0.5, "reached": 1, "seeds": 2},
+                      "other": {"ratio": None, "reached": 0, "seeds": 2}}
+    assert "full_only 1.00x (2/2), multires 0.50x (1/2), other never (0/2)" in \
+        study.ratio_line(ratios)
+
+
 def test_unknown_app_or_preset_names_the_choices():
     with pytest.raises(SystemExit, match="no presets for app 'nope'.*cosmoflow"):
         study.load_preset(study.PRESETS, "nope", "small")
@@ -90,7 +102,7 @@ def test_tiny_preset_writes_table_plot_and_summary(tmp_path, capsys):
     assert all(len(runs) == 2 for runs in summary["runs"].values())
     bests = [study.summarise_run(r, "mae", "min")["best"] for r in summary["runs"]["full_only"]]
     assert summary["target"] == pytest.approx(study.target_value(bests, 0.02, "min"))
-    assert summary["ratios"]["full_only"] == 1.0
+    assert summary["ratios"]["full_only"] == {"ratio": 1.0, "reached": 2, "seeds": 2}
     coarse = [r for r in summary["runs"]["multires"][0] if r["stage_name"] == "coarse"]
     assert coarse and all("final_val_mae" in r for r in coarse)  # scored at full resolution
     table = (tmp_path / "study.md").read_text()
