@@ -78,7 +78,7 @@ def study_table(runs, preset, target):
     metric, mode = preset["metric"], preset["mode"]
     lines = [f"Target: full-resolution val_{metric} {'<=' if mode == 'min' else '>='} "
              f"{target:.4g} (the {next(iter(preset['plans']))} plan's median best, "
-             f"{preset['tolerance']:.0%} tolerance); medians over seeds with (min-max).", "",
+             f"{preset['tolerance'] * 100:g}% tolerance); medians over seeds with (min-max).", "",
              "| plan | runs | final | best | reached | time to target (s) | epochs to target "
              "| total time (s) | time per stage (s) |", "|" + " --- |" * 9]
     for plan, plan_runs in runs.items():
