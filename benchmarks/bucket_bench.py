@@ -88,10 +88,9 @@ def main(argv=None):
     tf.config.threading.set_intra_op_parallelism_threads(1)
     if "TF_NUM_INTEROP_THREADS" not in os.environ:  # a second thread lets buckets overlap
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    from benchmarks.scaling import load_app
     from common.distributed import init_world
 
-    app = load_app(args.app)
+    app = app_info.hook("scaling")
     world = init_world()
     args.config = args.config or app_info.single_stage_config
     cfg, stage = load_config(app.defaults, args.config, args.set)

@@ -224,19 +224,15 @@ def load_preset(path, app, name):
 def check_plans(app_name, preset, data_dir):
     """Resolve every plan's config as its runs will, so that a bad file, key or value in a preset
     stops the study before any data is written or any run trained, naming the plan."""
-    from benchmarks.bench import load_config
     from common import apps
-    from common.config import ConfigError, build_parser
+    from common.config import COMMON_DEFAULTS, ConfigError, load_config, merge_defaults
 
     app = apps.load(app_name)  # (its CPU-kernel choice is the one its runs make themselves)
+    schema = merge_defaults(COMMON_DEFAULTS, app.defaults)
     for plan, (config, *overrides) in preset["plans"].items():
-        args = build_parser("").parse_args(["--config", os.path.join(ROOT, config),
-                                            "--data-dir", data_dir,
-                                            *preset.get("common", []), *overrides])
-        flags = {name: value for name, value in vars(args).items()
-                 if name not in ("config", "set")}
         try:
-            load_config(app.defaults, args.config, args.set, flags)
+            load_config(schema, ["--config", os.path.join(ROOT, config), "--data-dir", data_dir,
+                                 *preset.get("common", []), *overrides])
         except ConfigError as err:
             raise SystemExit(f"multires_study.py: plan {plan!r} of preset "
                              f"{app_name}/{preset['name']}: {err}") from None

@@ -62,7 +62,6 @@ def test_edsr_keeps_tensorflows_choice_and_a_late_request_changes_nothing():
     assert onednn_after(late) == default
 
 
-
 def test_the_bucket_benchmark_imports_tensorflow_only_after_its_app():
     # Its main loads the app first; nothing it imports at module level may load TensorFlow.
     code = "import sys, benchmarks.bucket_bench\nassert 'tensorflow' not in sys.modules"
