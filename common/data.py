@@ -151,7 +151,22 @@ class ShardedDataset:
         # Input ops share the intra-op thread pool with the step (no max_intra_op_parallelism
         # of 1): with oneDNN's kernels a 128^3 CosmoFlow epoch from files then runs as fast as
         # from memory, where single-threaded decoding cost ~0.3 s per step (docs/performance.md).
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(WITHOUT_AUTOTUNE_THREAD)
+
+
+def _without_autotune_thread():
+    """Pipeline options without tf.data's autotuning thread. Deleting an iterator cancels that
+    thread, but on a rank with one core the thread can wake before the cancellation is marked
+    done, miss it, and sleep out its optimisation period (doubling up to 60 s): the deletion, at
+    every stage switch and after validation, then blocks the rank for up to the iterator's age
+    (docs/performance.md). Without it the map runs min(16, pool threads) calls at once (the
+    most autotuning would pick) and the prefetch buffer grows whenever the step finds it empty."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
+
+
+WITHOUT_AUTOTUNE_THREAD = _without_autotune_thread()
 
 
 def common_spec(datasets):
