@@ -46,8 +46,8 @@ def random_batch(stage, local_batch, rng):
 # The scaling mode measures the MLPerf network on 32^3 cubes (1.5M of its 5.6M parameters)
 SCALING = ScalingApp(DEFAULTS, make_task, APP.full_size_config, random_batch,
                      modest=["data.resolution=32"], local_batch=4,
-                     overlap=(0.606, "the demo network in 3 buckets of 0.25 MB on 2 ranks of a "
-                                     "loaded 2-core CPU, Horovod timeline (README)"))
+                     overlap=(0.427, "the demo network in 3 buckets of 0.25 MB on 2 CPU ranks, "
+                                     "oneDNN, 2 inter-op threads (docs/performance.md)"))
 
 
 def parse_args(argv=None):

@@ -40,8 +40,8 @@ def random_batch(stage, local_batch, rng):
 SCALING = ScalingApp(DEFAULTS, make_task, APP.full_size_config, random_batch,
                      modest=["model.width=0.25", "model.middle_blocks=4", "data.shape=[96,144]"],
                      local_batch=2,
-                     overlap=(0.192, "the demo network in 5 buckets of 0.25 MB on 2 ranks of a "
-                                     "loaded 2-core CPU, Horovod timeline (README)"))
+                     overlap=(0.387, "the demo network in 5 buckets of 0.25 MB on 2 CPU ranks, "
+                                     "oneDNN, 2 inter-op threads (docs/performance.md)"))
 
 
 def parse_args(argv=None):
