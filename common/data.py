@@ -151,22 +151,15 @@ class ShardedDataset:
         # Input ops share the intra-op thread pool with the step (no max_intra_op_parallelism
         # of 1): with oneDNN's kernels a 128^3 CosmoFlow epoch from files then runs as fast as
         # from memory, where single-threaded decoding cost ~0.3 s per step (docs/performance.md).
-        return ds.prefetch(tf.data.AUTOTUNE).with_options(WITHOUT_AUTOTUNE_THREAD)
-
-
-def _without_autotune_thread():
-    """Pipeline options without tf.data's autotuning thread. Deleting an iterator cancels that
-    thread, but on a rank with one core the thread can wake before the cancellation is marked
-    done, miss it, and sleep out its optimisation period (doubling up to 60 s): the deletion, at
-    every stage switch and after validation, then blocks the rank for up to the iterator's age
-    (docs/performance.md). Without it the map runs min(16, pool threads) calls at once (the
-    most autotuning would pick) and the prefetch buffer grows whenever the step finds it empty."""
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return options
-
-
-WITHOUT_AUTOTUNE_THREAD = _without_autotune_thread()
+        # No tf.data autotuning thread: deleting an iterator cancels it, but TensorFlow wakes it
+        # before marking the cancellation done, and a thread that runs first (likely on a
+        # one-core rank, possible on more) sleeps out its period, up to 60 s, with the deletion
+        # waiting: at every stage switch and after every validation (docs/performance.md).
+        # Without it the map runs min(16, pool threads) calls at once and the prefetch buffer
+        # grows whenever the step finds it empty.
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def common_spec(datasets):
